@@ -1,0 +1,44 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint format standalone bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
+	# foolbox ships labelled ImageNet photos; its own dependencies are not wanted.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps foolbox==3.3.4
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python scripts/demo.py
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/pytest -q
+
+# The Airflow UI on http://127.0.0.1:8080 (user and password are printed at start-up).
+standalone: install
+	eval "$$($(BIN)/python scripts/airflow_local.py env)" && \
+	  AIRFLOW__API__HOST=127.0.0.1 PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/airflow standalone
+
+bench: install
+	$(BIN)/python bench/bench_preprocess.py
+	$(BIN)/python bench/bench_embed.py
+	$(BIN)/python bench/bench_store.py
+
+clean:
+	rm -rf var test-output

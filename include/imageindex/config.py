@@ -1,0 +1,90 @@
+"""Settings read from the environment, with defaults that work on a laptop.
+
+Every setting has one environment variable; Airflow workers, the CLI and tests read the same ones.
+
+==============================  =======================================  =========================
+variable                        meaning                                  default
+==============================  =======================================  =========================
+IMAGEINDEX_HOME                 where local state lives                  ``./.imageindex``
+IMAGEINDEX_REGISTRY             the dataset registry (YAML)              ``$HOME/registry.yaml``
+IMAGEINDEX_STAGING              staging root (dir or ``s3://…``)         ``$HOME/staging``
+IMAGEINDEX_STORE                default store URI                        ``$HOME/lancedb``
+IMAGEINDEX_MODEL_CACHE          exported models, label embeddings        ``~/.cache/imageindex``
+IMAGEINDEX_S3_CONN_ID           Airflow connection for S3                ``aws_default``
+IMAGEINDEX_SHARD_SIZE           files per shard (target)                 ``500``
+IMAGEINDEX_MAX_SHARDS           cap on mapped shards per run             ``256``
+IMAGEINDEX_RETRIES              task retries                             ``3``
+IMAGEINDEX_RETRY_DELAY_S        first retry delay, doubles each retry    ``30``
+IMAGEINDEX_MAX_DELETE_FRACTION  refuse deletes above this share          ``0.5``
+==============================  =======================================  =========================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from imageindex.errors import ConfigError
+
+
+def _int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"setting {name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"setting {name}={value} must be >= {minimum}")
+    return value
+
+
+def _float(name: str, default: float, lo: float, hi: float) -> float:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"setting {name}={raw!r} is not a number") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"setting {name}={value} must be between {lo} and {hi}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    registry_path: Path
+    staging_root: str
+    store_uri: str
+    s3_conn_id: str
+    shard_size: int
+    max_shards: int
+    retries: int
+    retry_delay_s: float
+    max_delete_fraction: float
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        home = Path(os.environ.get("IMAGEINDEX_HOME") or ".imageindex").absolute()
+        return cls(
+            home=home,
+            registry_path=Path(os.environ.get("IMAGEINDEX_REGISTRY") or home / "registry.yaml"),
+            staging_root=os.environ.get("IMAGEINDEX_STAGING") or str(home / "staging"),
+            store_uri=os.environ.get("IMAGEINDEX_STORE") or str(home / "lancedb"),
+            s3_conn_id=os.environ.get("IMAGEINDEX_S3_CONN_ID") or "aws_default",
+            shard_size=_int("IMAGEINDEX_SHARD_SIZE", 500, minimum=1),
+            # Airflow's default max_map_length is 1024; stay well below so a run always maps.
+            max_shards=_int("IMAGEINDEX_MAX_SHARDS", 256, minimum=1),
+            retries=_int("IMAGEINDEX_RETRIES", 3),
+            retry_delay_s=_float("IMAGEINDEX_RETRY_DELAY_S", 30.0, 0.0, 86400.0),
+            max_delete_fraction=_float("IMAGEINDEX_MAX_DELETE_FRACTION", 0.5, 0.0, 1.0),
+        )
+
+
+def settings() -> Settings:
+    """Current settings (read each call, so tests can change the environment)."""
+    return Settings.from_env()

@@ -1,0 +1,760 @@
+"""The indexing pipeline as plain functions: plan → (per shard) preprocess → tag_embed → upsert
+→ finalize.
+
+Each stage reads its inputs from the staging location and writes its outputs there, returning
+only small dicts (paths and counts) — exactly what Airflow puts in XCom. Any stage can be re-run
+(a retry) and produces the same result: outputs are written atomically and documents have
+deterministic ids.
+
+Staging layout of one run::
+
+    <staging>/runs/<dataset>/<version>/<run>/
+        plan.json                      counts and shard list
+        deletes.parquet                ids of documents whose files are gone
+        shards/00000/manifest.parquet  files to process (uri, key, size, mtime, fingerprint, change)
+        shards/00000/preprocessed.parquet   metadata, errors, thumbnail bytes
+        shards/00000/features.parquet  vectors and tags
+        report.json                    the run report
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from imageindex.config import settings
+from imageindex.errors import ConfigError, UnsafeDeleteError
+from imageindex.registry import DatasetSpec, load_registry
+from imageindex.stores.schema import STATUS_FAILED, STATUS_OK, document_schema
+from imageindex.types import FileEntry, doc_id
+
+log = logging.getLogger(__name__)
+
+MODES = ("incremental", "full")
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("uri", pa.string()),
+        ("key", pa.string()),
+        ("size", pa.int64()),
+        ("mtime", pa.float64()),
+        ("fingerprint", pa.string()),
+        ("change", pa.string()),
+    ]
+)
+
+PREPROCESSED_SCHEMA = pa.schema(
+    [
+        *MANIFEST_SCHEMA,
+        ("ok", pa.bool_()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("format", pa.string()),
+        ("mode", pa.string()),
+        ("n_frames", pa.int32()),
+        ("error_reason", pa.string()),
+        ("error_detail", pa.string()),
+        ("thumbnail_uri", pa.string()),
+        ("thumbnail", pa.binary()),
+    ]
+)
+
+#: Read errors are transient (network, permissions being fixed): such files are not written to the
+#: index, so the next run picks them up again. Content errors are recorded as failed documents.
+TRANSIENT_REASONS = frozenset({"read_failed"})
+
+#: How many failures the report lists one by one (the rest are counted by reason).
+REPORT_MAX_FAILURES = 1000
+
+
+# --------------------------------------------------------------------------------------------
+# Run context
+
+
+@dataclass
+class Run:
+    """Where one run of one dataset version keeps its intermediate files."""
+
+    dataset: DatasetSpec
+    version: str
+    run_dir: str
+
+    @property
+    def staging(self):
+        from imageindex.staging import open_staging
+
+        return open_staging(settings().staging_root, s3_conn_id=self.s3_conn_id)
+
+    @property
+    def s3_conn_id(self) -> str:
+        return self.dataset.s3_conn_id or settings().s3_conn_id
+
+    def store(self):
+        from imageindex.stores import open_store
+
+        return open_store(self.dataset.store_uri, spec=self.dataset.store)
+
+    def source(self):
+        from imageindex.sources import open_source
+
+        return open_source(
+            self.dataset.version(self.version).source,
+            s3_conn_id=self.s3_conn_id,
+            fingerprint=self.dataset.fingerprint,
+        )
+
+    def shard_dir(self, shard_uri: str) -> str:
+        return shard_uri.rsplit("/", 1)[0]
+
+
+def safe_run_name(run_id: str) -> str:
+    """Airflow run ids hold ':' and '+'; keep staging keys portable across filesystems and S3."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("_")
+    if not name:
+        raise ConfigError(f"run id {run_id!r} gives an empty staging folder name")
+    return name[:200]
+
+
+def open_run(
+    dataset_id: str, version: str | None, run_id: str, *, registry_path: str | None = None
+) -> Run:
+    dataset = load_registry(registry_path).get(dataset_id)
+    version = dataset.version(version).name
+    root = settings().staging_root.rstrip("/")
+    run_dir = f"{root}/runs/{dataset.id}/{version}/{safe_run_name(run_id)}"
+    return Run(dataset=dataset, version=version, run_dir=run_dir)
+
+
+def embedder_for(dataset: DatasetSpec):
+    from imageindex.embedders import get_embedder
+
+    return get_embedder(dataset.embedder)
+
+
+def tagger_for(dataset: DatasetSpec, embedder):
+    from imageindex.taggers import get_tagger
+
+    return get_tagger(dataset.tagger, embedder, base_dir=dataset.base_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# plan
+
+
+def shard_plan(n_files: int, shard_size: int, max_shards: int) -> tuple[int, int]:
+    """(number of shards, files per shard): the shard size grows so the count stays capped."""
+    if n_files <= 0:
+        return 0, shard_size
+    size = max(shard_size, math.ceil(n_files / max_shards))
+    return math.ceil(n_files / size), size
+
+
+def _entry_rows(entries: list[tuple[FileEntry, str]], dataset_id: str, version: str) -> pa.Table:
+    return pa.table(
+        {
+            "id": [doc_id(dataset_id, version, e.uri) for e, _ in entries],
+            "uri": [e.uri for e, _ in entries],
+            "key": [e.key for e, _ in entries],
+            "size": [e.size for e, _ in entries],
+            "mtime": [e.mtime for e, _ in entries],
+            "fingerprint": [e.fingerprint for e, _ in entries],
+            "change": [c for _, c in entries],
+        },
+        schema=MANIFEST_SCHEMA,
+    )
+
+
+def _load_state(store, dataset_id: str, version: str) -> dict[str, tuple[str, str, int]]:
+    """uri → (id, fingerprint, mtime in µs) of what the index holds; never the vectors."""
+    state: dict[str, tuple[str, str, int]] = {}
+    if store.table_info(dataset_id) is None:
+        return state
+    for batch in store.iter_state(dataset_id, version):
+        mt = batch.column("mtime").cast(pa.int64()).to_pylist()
+        for i, u, f, m in zip(
+            batch.column("id").to_pylist(),
+            batch.column("uri").to_pylist(),
+            batch.column("fingerprint").to_pylist(),
+            mt,
+            strict=True,
+        ):
+            state[u] = (i, f, m)
+    return state
+
+
+def plan(
+    dataset_id: str,
+    version: str | None,
+    run_id: str,
+    *,
+    mode: str = "incremental",
+    shard_size: int | None = None,
+    max_shards: int | None = None,
+    registry_path: str | None = None,
+) -> dict:
+    """List the source, diff it against the index and cut shard manifests.
+
+    Returns ``{"run_dir", "shards": [manifest uris], "counts": {...}}`` — small enough for XCom
+    whatever the dataset size: the listing itself is streamed into staging files.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"mode {mode!r} is not one of {MODES}")
+    t0 = time.perf_counter()
+    cfg = settings()
+    run = open_run(dataset_id, version, run_id, registry_path=registry_path)
+    staging = run.staging
+    staging.delete_prefix(run.run_dir)  # a retried plan starts from a clean run folder
+    store = run.store()
+    _check_model(run, store)
+    source = run.source()
+    source.check_available()
+
+    state = _load_state(store, run.dataset.id, run.version)
+    counts = Counter(listed=0, new=0, changed=0, unchanged=0, deleted=0)
+    todo_uri = f"{run.run_dir}/todo.parquet"
+    pending: list[tuple[FileEntry, str]] = []
+    with staging.parquet_writer(todo_uri, MANIFEST_SCHEMA) as writer:
+        for entry in source.iter_files():
+            counts["listed"] += 1
+            known = state.pop(entry.uri, None)
+            if known is None:
+                change = "new"
+            elif known[1] != entry.fingerprint or known[2] != int(round(entry.mtime * 1e6)):
+                change = "changed"
+            elif mode == "full":
+                change = "full"
+            else:
+                change = None
+            if change is None:
+                counts["unchanged"] += 1
+                continue
+            counts[change if change != "full" else "unchanged"] += 1
+            pending.append((entry, change))
+            if len(pending) >= 10_000:
+                writer.write_table(_entry_rows(pending, run.dataset.id, run.version))
+                pending.clear()
+        if pending:
+            writer.write_table(_entry_rows(pending, run.dataset.id, run.version))
+    counts["deleted"] = len(state)
+    deletes = pa.table(
+        {"id": [v[0] for v in state.values()], "uri": list(state.keys())},
+        schema=pa.schema([("id", pa.string()), ("uri", pa.string())]),
+    )
+    staging.write_parquet(f"{run.run_dir}/deletes.parquet", deletes)
+    del state
+
+    todo = staging.read_parquet(todo_uri)
+    n_todo = todo.num_rows
+    n_shards, size = shard_plan(
+        n_todo,
+        shard_size or run.dataset.shard_size or cfg.shard_size,
+        max_shards or cfg.max_shards,
+    )
+    shards = []
+    for i in range(n_shards):
+        uri = f"{run.run_dir}/shards/{i:05d}/manifest.parquet"
+        staging.write_parquet(uri, todo.slice(i * size, size))
+        shards.append(uri)
+    counts["to_process"] = n_todo
+    result = {
+        "dataset_id": run.dataset.id,
+        "dataset_version": run.version,
+        "mode": mode,
+        "run_dir": run.run_dir,
+        "shards": shards,
+        "shard_size": size,
+        "counts": dict(counts),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    staging.write_json(f"{run.run_dir}/plan.json", result)
+    log.info(
+        "plan %s/%s (%s): %s in %d shard(s)",
+        run.dataset.id,
+        run.version,
+        mode,
+        dict(counts),
+        n_shards,
+    )
+    return result
+
+
+def load_plan(
+    dataset_id: str, version: str | None, run_id: str, *, registry_path: str | None = None
+) -> dict:
+    """The plan result of a run, read back from staging (XCom only carried the shard paths)."""
+    run = open_run(dataset_id, version, run_id, registry_path=registry_path)
+    return run.staging.read_json(f"{run.run_dir}/plan.json")
+
+
+def _check_model(run: Run, store) -> None:
+    """Refuse early, before any work, when the index holds vectors of another model."""
+    info = store.table_info(run.dataset.id)
+    if info is None:
+        return
+    embedder = embedder_for(run.dataset)
+    store.ensure_table(run.dataset.id, model=embedder.name, dim=embedder.dim)
+
+
+# --------------------------------------------------------------------------------------------
+# preprocess
+
+
+def preprocess(
+    dataset_id: str,
+    version: str,
+    manifest_uri: str,
+    *,
+    registry_path: str | None = None,
+    threads: int = 2,
+) -> dict:
+    """Decode every file of a shard, make thumbnails, record metadata and per-file errors."""
+    from imageindex.preprocess import preprocess_many
+
+    t0 = time.perf_counter()
+    dataset = load_registry(registry_path).get(dataset_id)
+    run = Run(dataset=dataset, version=version, run_dir="")
+    staging = run.staging
+    source = run.source()
+    manifest = staging.read_parquet(manifest_uri)
+    rows = manifest.to_pylist()
+    thumbs_root = thumbnails_root(dataset.id)
+
+    def loader(uri: str):
+        return lambda: source.read_bytes(uri)
+
+    out: dict[str, list] = {name: [] for name in PREPROCESSED_SCHEMA.names}
+    reasons: Counter = Counter()
+    thumb_writes = []
+    for row, (_, res) in zip(
+        rows,
+        preprocess_many(((r["uri"], loader(r["uri"])) for r in rows), threads=threads),
+        strict=True,
+    ):
+        for k in MANIFEST_SCHEMA.names:
+            out[k].append(row[k])
+        thumb_uri = f"{thumbs_root}/{row['id'][:2]}/{row['id']}.jpg" if res.ok else None
+        out["ok"].append(res.ok)
+        out["width"].append(res.width)
+        out["height"].append(res.height)
+        out["format"].append(res.format)
+        out["mode"].append(res.mode)
+        out["n_frames"].append(res.n_frames)
+        out["error_reason"].append(res.error_reason)
+        out["error_detail"].append(res.error_detail)
+        out["thumbnail_uri"].append(thumb_uri)
+        out["thumbnail"].append(res.thumbnail)
+        if res.ok:
+            thumb_writes.append((thumb_uri, res.thumbnail))
+        else:
+            reasons[res.error_reason] += 1
+            log.warning("preprocess: %s", res.error_detail or res.error_reason)
+    # Thumbnails outlive the run (search results and the gallery show them).
+    thumb_staging = _staging_for(thumbs_root, run.s3_conn_id)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda a: thumb_staging.write_bytes(*a), thumb_writes))
+    out_uri = manifest_uri.rsplit("/", 1)[0] + "/preprocessed.parquet"
+    staging.write_parquet(out_uri, pa.table(out, schema=PREPROCESSED_SCHEMA))
+    n_ok = sum(out["ok"])
+    return {
+        "preprocessed": out_uri,
+        "files": len(rows),
+        "ok": n_ok,
+        "failed": len(rows) - n_ok,
+        "failed_by_reason": dict(reasons),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def thumbnails_root(dataset_id: str) -> str:
+    return f"{settings().staging_root.rstrip('/')}/thumbnails/{dataset_id}"
+
+
+def _staging_for(root: str, s3_conn_id: str):
+    from imageindex.staging import open_staging
+
+    return open_staging(root, s3_conn_id=s3_conn_id)
+
+
+# --------------------------------------------------------------------------------------------
+# tag + embed (one forward pass per image serves both)
+
+FEATURES_FIELDS = ["id", "tags_ai", "tags_detail", "tag_definitions_hash", "model", "dim"]
+
+
+def tag_embed(
+    dataset_id: str,
+    version: str,
+    preprocessed_uri: str,
+    *,
+    registry_path: str | None = None,
+    batch_size: int = 32,
+) -> dict:
+    """Embed and tag the shard's thumbnails; write vectors and tags to ``features.parquet``."""
+    from imageindex.preprocess import load_model_input
+
+    t0 = time.perf_counter()
+    dataset = load_registry(registry_path).get(dataset_id)
+    run = Run(dataset=dataset, version=version, run_dir="")
+    staging = run.staging
+    table = staging.read_parquet(preprocessed_uri, columns=["id", "ok", "thumbnail"])
+    table = table.filter(pc.field("ok"))
+    embedder = embedder_for(dataset)
+    tagger = tagger_for(dataset, embedder)
+    ids = table.column("id").to_pylist()
+    thumbs = table.column("thumbnail").to_pylist()
+    vectors = np.zeros((len(ids), embedder.dim), dtype=np.float32)
+    tags_ai: list[list[str]] = []
+    tags_detail: list[str] = []
+    size = getattr(embedder, "input_size", 224)
+    model_seconds = 0.0
+    # Decode the next batch while the model runs on this one.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        batches = [(s, thumbs[s : s + batch_size]) for s in range(0, len(ids), batch_size)]
+
+        def decode(batch):
+            return [load_model_input(b, size) for b in batch]
+
+        futures = [pool.submit(decode, b) for _, b in batches[:2]]
+        for bi, (start, _) in enumerate(batches):
+            images = futures[bi].result()
+            if bi + 2 < len(batches):
+                futures.append(pool.submit(decode, batches[bi + 2][1]))
+            tm = time.perf_counter()
+            emb = embedder.embed_images(images)
+            tags = tagger.tag(emb)
+            model_seconds += time.perf_counter() - tm
+            vectors[start : start + len(images)] = emb.vectors
+            for per_image in tags:
+                tags_ai.append(sorted({t.name for t in per_image}))
+                tags_detail.append(
+                    json.dumps(
+                        [
+                            {"name": t.name, "score": round(float(t.score), 4), "source": t.source}
+                            | ({"state": t.state} if t.state else {})
+                            for t in per_image
+                        ],
+                        ensure_ascii=False,
+                    )
+                )
+    n = len(ids)
+    feats = pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "tags_ai": pa.array(tags_ai, pa.list_(pa.string())),
+            "tags_detail": pa.array(tags_detail, pa.string()),
+            "tag_definitions_hash": pa.array(
+                [getattr(tagger, "definitions_hash", None)] * n, pa.string()
+            ),
+            "model": pa.array([embedder.name] * n, pa.string()),
+            "dim": pa.array([embedder.dim] * n, pa.int32()),
+            "vector": pa.FixedSizeListArray.from_arrays(
+                pa.array(vectors.reshape(-1), pa.float32()), embedder.dim
+            ),
+        }
+    )
+    out_uri = preprocessed_uri.rsplit("/", 1)[0] + "/features.parquet"
+    staging.write_parquet(out_uri, feats)
+    seconds = time.perf_counter() - t0
+    return {
+        "features": out_uri,
+        "preprocessed": preprocessed_uri,
+        "embedded": n,
+        "model": embedder.name,
+        "seconds": round(seconds, 3),
+        "model_seconds": round(model_seconds, 3),
+        "images_per_second": round(n / seconds, 2) if seconds > 0 and n else 0.0,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# upsert
+
+
+def build_documents(
+    pre: pa.Table, feats: pa.Table, *, dataset_id: str, version: str, model: str, dim: int
+) -> pa.Table:
+    """Join preprocess metadata and features into rows of the document schema."""
+    schema = document_schema(dim)
+    keep = pc.invert(pc.is_in(pre.column("error_reason"), pa.array(sorted(TRANSIENT_REASONS))))
+    keep = pc.fill_null(keep, True)
+    pre = pre.filter(keep)
+    feat_by_id = {i: k for k, i in enumerate(feats.column("id").to_pylist())}
+    vec = (
+        feats.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+        if (feats.num_rows)
+        else np.zeros((0, dim), np.float32)
+    )
+    f_tags = feats.column("tags_ai").to_pylist()
+    f_detail = feats.column("tags_detail").to_pylist()
+    f_hash = feats.column("tag_definitions_hash").to_pylist()
+    n = pre.num_rows
+    vectors = np.zeros((n, dim), dtype=np.float32)
+    status, error, tags_ai, detail, dhash = [], [], [], [], []
+    for r, (i, ok, reason, det) in enumerate(
+        zip(
+            pre.column("id").to_pylist(),
+            pre.column("ok").to_pylist(),
+            pre.column("error_reason").to_pylist(),
+            pre.column("error_detail").to_pylist(),
+            strict=True,
+        )
+    ):
+        k = feat_by_id.get(i)
+        if ok and k is not None:
+            vectors[r] = vec[k]
+            status.append(STATUS_OK)
+            error.append(None)
+            tags_ai.append(f_tags[k])
+            detail.append(f_detail[k])
+            dhash.append(f_hash[k])
+        else:
+            status.append(STATUS_FAILED)
+            error.append(f"{reason or 'not_embedded'}: {det or ''}".strip())
+            tags_ai.append([])
+            detail.append(None)
+            dhash.append(None)
+    now = datetime.now(UTC)
+    # Rounded exactly as plan() rounds the listing's mtime, so an untouched file diffs as unchanged.
+    mtimes = pc.round(pc.multiply(pre.column("mtime"), 1e6)).cast(pa.int64())
+    mtimes = mtimes.cast(pa.timestamp("us", "UTC"))
+    cols = {
+        "id": pre.column("id"),
+        "dataset_id": pa.array([dataset_id] * n, pa.string()),
+        "dataset_version": pa.array([version] * n, pa.string()),
+        "uri": pre.column("uri"),
+        "key": pre.column("key"),
+        "file_name": pa.array([k.rsplit("/", 1)[-1] for k in pre.column("key").to_pylist()]),
+        "size": pre.column("size"),
+        "mtime": mtimes,
+        "fingerprint": pre.column("fingerprint"),
+        "status": pa.array(status, pa.string()),
+        "error": pa.array(error, pa.string()),
+        "width": pre.column("width"),
+        "height": pre.column("height"),
+        "format": pre.column("format"),
+        "mode": pre.column("mode"),
+        "tags_ai": pa.array(tags_ai, pa.list_(pa.string())),
+        "tags_user": pa.nulls(n, pa.list_(pa.string())),
+        "tags_detail": pa.array(detail, pa.string()),
+        "tag_definitions_hash": pa.array(dhash, pa.string()),
+        "thumbnail_uri": pre.column("thumbnail_uri"),
+        "model": pa.array([model] * n, pa.string()),
+        "dim": pa.array([dim] * n, pa.int32()),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
+        "indexed_at": pa.array([now] * n, pa.timestamp("us", "UTC")),
+    }
+    return pa.table([_as_type(cols[f.name], f.type) for f in schema], schema=schema)
+
+
+def _as_type(values, typ: pa.DataType):
+    arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+    return arr if arr.type == typ else arr.cast(typ)
+
+
+def upsert(
+    dataset_id: str,
+    version: str,
+    features_uri: str,
+    preprocessed_uri: str,
+    *,
+    registry_path: str | None = None,
+) -> dict:
+    """Write the shard's documents to the store; ids are deterministic, so retries overwrite."""
+    t0 = time.perf_counter()
+    dataset = load_registry(registry_path).get(dataset_id)
+    run = Run(dataset=dataset, version=version, run_dir="")
+    staging = run.staging
+    pre = staging.read_parquet(
+        preprocessed_uri, columns=[n for n in PREPROCESSED_SCHEMA.names if n != "thumbnail"]
+    )
+    feats = staging.read_parquet(features_uri)
+    embedder = embedder_for(dataset)
+    store = run.store()
+    store.ensure_table(dataset.id, model=embedder.name, dim=embedder.dim)
+    docs = build_documents(
+        pre, feats, dataset_id=dataset.id, version=version, model=embedder.name, dim=embedder.dim
+    )
+    written = store.upsert(dataset.id, docs) if docs.num_rows else 0
+    n_failed = int(pc.sum(pc.equal(docs.column("status"), STATUS_FAILED)).as_py() or 0)
+    return {
+        "upserted": written,
+        "ok": docs.num_rows - n_failed,
+        "failed": n_failed,
+        "skipped_transient": pre.num_rows - docs.num_rows,
+        "preprocessed": preprocessed_uri,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# finalize
+
+
+def finalize(
+    dataset_id: str,
+    version: str,
+    plan_result: dict,
+    shard_results: list[dict] | None = None,
+    *,
+    registry_path: str | None = None,
+    stage_seconds: dict | None = None,
+) -> dict:
+    """Delete documents of removed files (guarded), optimize the store, write the run report."""
+    t0 = time.perf_counter()
+    cfg = settings()
+    dataset = load_registry(registry_path).get(dataset_id)
+    run = Run(dataset=dataset, version=version, run_dir=plan_result["run_dir"])
+    staging = run.staging
+    store = run.store()
+    counts = dict(plan_result["counts"])
+    deletes = staging.read_parquet(f"{run.run_dir}/deletes.parquet")
+    indexed_before = counts["unchanged"] + counts["changed"] + counts["deleted"]
+
+    # Failures, read back from the shards' staging files (XCom only carries counts).
+    failures: list[dict] = []
+    by_reason: Counter = Counter()
+    for shard in plan_result["shards"]:
+        pre_uri = shard.rsplit("/", 1)[0] + "/preprocessed.parquet"
+        if not staging.exists(pre_uri):
+            continue
+        pre = staging.read_parquet(pre_uri, columns=["uri", "ok", "error_reason", "error_detail"])
+        bad = pre.filter(pc.invert(pc.field("ok")))
+        for row in bad.to_pylist():
+            by_reason[row["error_reason"]] += 1
+            if len(failures) < REPORT_MAX_FAILURES:
+                failures.append(
+                    {
+                        "uri": row["uri"],
+                        "reason": row["error_reason"],
+                        "detail": row["error_detail"],
+                    }
+                )
+
+    report = {
+        "dataset_id": dataset.id,
+        "dataset_version": version,
+        "mode": plan_result.get("mode"),
+        "run_dir": run.run_dir,
+        "shards": len(plan_result["shards"]),
+        "listed": counts["listed"],
+        "new": counts["new"],
+        "changed": counts["changed"],
+        "unchanged": counts["unchanged"],
+        "deleted": 0,
+        "to_delete": counts["deleted"],
+        "processed": counts.get("to_process", 0),
+        "failed": sum(by_reason.values()),
+        "failed_by_reason": dict(by_reason),
+        "failures": failures,
+        "seconds": dict(stage_seconds or {}),
+    }
+    if shard_results:
+        secs = Counter()
+        for r in shard_results:
+            for stage, s in (r.get("seconds") or {}).items():
+                secs[stage] += s
+        report["seconds"].update({k: round(v, 3) for k, v in secs.items()})
+    report["seconds"]["plan"] = plan_result.get("seconds")
+
+    refusal = None
+    if counts["listed"] == 0:
+        refusal = (
+            f"the source of {dataset.id}/{version} listed no images; refusing to delete "
+            f"{deletes.num_rows} document(s). Check that {dataset.version(version).source} is "
+            "mounted/reachable and holds images."
+        )
+    elif indexed_before and deletes.num_rows / indexed_before > cfg.max_delete_fraction:
+        refusal = (
+            f"{deletes.num_rows} of {indexed_before} indexed files of {dataset.id}/{version} "
+            f"disappeared from the source, more than IMAGEINDEX_MAX_DELETE_FRACTION="
+            f"{cfg.max_delete_fraction}; nothing was deleted. If this is intended, raise the "
+            "setting for one run."
+        )
+    if refusal is None and deletes.num_rows:
+        report["deleted"] = store.delete(dataset.id, deletes.column("id").to_pylist())
+    report["optimize"] = _optimize(store, dataset.id)
+    report["indexed"] = store.count(dataset.id, _flt(version, None))
+    report["indexed_ok"] = store.count(dataset.id, _flt(version, STATUS_OK))
+    report["seconds"]["finalize"] = round(time.perf_counter() - t0, 3)
+    report["finished_at"] = datetime.now(UTC).isoformat()
+    report["refused_delete"] = refusal
+    staging.write_json(f"{run.run_dir}/report.json", report)
+    log.info("run report %s", json.dumps({k: v for k, v in report.items() if k != "failures"}))
+    if refusal:
+        raise UnsafeDeleteError(refusal)
+    return report
+
+
+def _flt(version: str, status: str | None):
+    from imageindex.stores.base import Filter
+
+    return Filter(versions=[version], status=status)
+
+
+def _optimize(store, dataset_id: str) -> dict:
+    if store.table_info(dataset_id) is None:
+        return {}
+    return store.optimize(dataset_id)
+
+
+# --------------------------------------------------------------------------------------------
+# Whole run without Airflow (CLI, tests, notebooks)
+
+
+def run_all(
+    dataset_id: str,
+    version: str | None = None,
+    *,
+    mode: str = "incremental",
+    run_id: str | None = None,
+    shard_size: int | None = None,
+    registry_path: str | None = None,
+) -> dict:
+    """Run every stage in this process, shard after shard, the way the DAG wires them."""
+    run_id = run_id or "manual__" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    p = plan(
+        dataset_id, version, run_id, mode=mode, shard_size=shard_size, registry_path=registry_path
+    )
+    results = []
+    for shard in p["shards"]:
+        results.append(run_shard(dataset_id, p["dataset_version"], shard, registry_path))
+    return finalize(dataset_id, p["dataset_version"], p, results, registry_path=registry_path)
+
+
+def run_shard(dataset_id: str, version: str, manifest_uri: str, registry_path=None) -> dict:
+    a = preprocess(dataset_id, version, manifest_uri, registry_path=registry_path)
+    b = tag_embed(dataset_id, version, a["preprocessed"], registry_path=registry_path)
+    c = upsert(dataset_id, version, b["features"], a["preprocessed"], registry_path=registry_path)
+    return shard_summary(a, b, c)
+
+
+def shard_summary(pre: dict, emb: dict, ups: dict) -> dict:
+    """What finalize needs from one shard: counts and seconds per stage (XCom-sized)."""
+    return {
+        "files": pre["files"],
+        "ok": ups["ok"],
+        "failed": ups["failed"],
+        "upserted": ups["upserted"],
+        "seconds": {
+            "preprocess": pre["seconds"],
+            "tag_embed": emb["seconds"],
+            "upsert": ups["seconds"],
+        },
+    }
+
+
+def iter_manifest(staging, uri: str) -> Iterator[dict]:
+    yield from staging.read_parquet(uri).to_pylist()
