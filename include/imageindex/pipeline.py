@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections import Counter
@@ -587,7 +588,15 @@ def upsert(
     docs = build_documents(
         pre, feats, dataset_id=dataset.id, version=version, model=embedder.name, dim=embedder.dim
     )
-    written = store.upsert(dataset.id, docs) if docs.num_rows else 0
+    written = 0
+    chunk = _int_env("IMAGEINDEX_UPSERT_CHUNK_ROWS", 5000)
+    fail_after = _int_env("IMAGEINDEX_FAULT_EXIT_AFTER_UPSERT_CHUNKS", 0)
+    for n_chunk, start in enumerate(range(0, docs.num_rows, chunk), 1):
+        written += store.upsert(dataset.id, docs.slice(start, chunk))
+        if fail_after and n_chunk >= fail_after:
+            # Fault injection for the kill tests: die like an OOM-killed worker, mid-shard.
+            log.error("fault injection: exiting after %d upsert chunk(s)", n_chunk)
+            os._exit(137)
     n_failed = int(pc.sum(pc.equal(docs.column("status"), STATUS_FAILED)).as_py() or 0)
     return {
         "upserted": written,
@@ -696,6 +705,11 @@ def finalize(
     if refusal:
         raise UnsafeDeleteError(refusal)
     return report
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
 
 
 def _flt(version: str, status: str | None):

@@ -1,0 +1,256 @@
+"""The pipeline stages run in-process (no Airflow) on real files, models and LanceDB."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from imagezoo import make_photo, make_zoo
+
+from imageindex import pipeline
+from imageindex.errors import UnsafeDeleteError
+from imageindex.pipeline import shard_plan
+from imageindex.stores import open_store
+from imageindex.stores.base import Filter
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    ("n", "size", "cap", "expected"),
+    [
+        (0, 500, 256, (0, 500)),
+        (1, 500, 256, (1, 500)),
+        (500, 500, 256, (1, 500)),
+        (501, 500, 256, (2, 500)),
+        (10_000_000, 500, 256, (256, 39063)),
+        (10_000_000, 500, 1000, (1000, 10000)),
+    ],
+)
+def test_shard_plan_caps_the_number_of_shards(n, size, cap, expected):
+    assert shard_plan(n, size, cap) == expected
+    shards, per = shard_plan(n, size, cap)
+    assert shards <= cap and shards * per >= n
+
+
+@pytest.fixture
+def dataset(tmp_path, monkeypatch):
+    """A registry with one dataset ``t`` over a local folder, all state under tmp_path."""
+    src = tmp_path / "src"
+    src.mkdir()
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(
+        f"""
+datasets:
+  - id: t
+    versions:
+      v1: {{source: {src}}}
+    store: {{uri: {tmp_path / "store"}}}
+    tagger: {{type: offline, definitions: {REPO / "config" / "tags" / "samples.json"}}}
+""",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("IMAGEINDEX_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("IMAGEINDEX_REGISTRY", str(reg))
+    monkeypatch.delenv("IMAGEINDEX_STAGING", raising=False)
+    return {"src": src, "registry": reg, "store": tmp_path / "store", "tmp": tmp_path}
+
+
+def stored(dataset) -> dict[str, dict]:
+    store = open_store(str(dataset["store"]))
+    ids = [
+        r["id"] for b in store.iter_state("t", "v1") for r in pa.Table.from_batches([b]).to_pylist()
+    ]
+    return {d["uri"]: d for d in store.get("t", ids)}
+
+
+def test_incremental_runs_process_exactly_what_changed(dataset):
+    src = dataset["src"]
+    for i in range(6):
+        make_photo(src / f"p{i}.jpg", seed=i)
+    first = pipeline.run_all("t", shard_size=2)
+    assert (first["new"], first["processed"], first["shards"]) == (6, 6, 3)
+    assert first["indexed_ok"] == 6
+    before = stored(dataset)
+
+    make_photo(src / "new1.jpg", seed=100)
+    make_photo(src / "sub" / "new2.png", seed=101, fmt="PNG")
+    old_fp = before[(src / "p1.jpg").as_uri()]["fingerprint"]
+    make_photo(src / "p1.jpg", seed=999)  # new content
+    st = (src / "p1.jpg").stat()
+    os.utime(src / "p1.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    (src / "p2.jpg").unlink()
+
+    second = pipeline.run_all("t", shard_size=2)
+    assert (second["new"], second["changed"], second["deleted"]) == (2, 1, 1)
+    assert second["processed"] == 3
+    assert second["unchanged"] == 4
+    now = stored(dataset)
+    expected = {p.as_uri() for p in src.rglob("*") if p.is_file()}
+    assert set(now) == expected and len(now) == 7
+    assert now[(src / "p1.jpg").as_uri()]["fingerprint"] != old_fp
+    # Unchanged files were not rewritten.
+    p0 = (src / "p0.jpg").as_uri()
+    assert now[p0]["indexed_at"] == before[p0]["indexed_at"]
+
+    third = pipeline.run_all("t")
+    assert (third["processed"], third["deleted"], third["new"], third["changed"]) == (0, 0, 0, 0)
+    assert third["shards"] == 0
+
+    full = pipeline.run_all("t", mode="full")
+    assert full["processed"] == 7 and full["new"] == 0
+    assert len(stored(dataset)) == 7
+
+
+def test_bad_file_zoo_every_good_file_indexed_every_bad_one_reported(dataset):
+    expected = make_zoo(dataset["src"])
+    report = pipeline.run_all("t", shard_size=5)
+    docs = stored(dataset)
+    by_key = {d["key"]: d for d in docs.values()}
+    assert set(by_key) == set(expected), "every listed file has a document, nothing else"
+    for key, reason in expected.items():
+        doc = by_key[key]
+        if reason is None:
+            assert doc["status"] == "ok", (key, doc["error"])
+            assert doc["width"] and doc["height"] and doc["thumbnail_uri"]
+        else:
+            assert doc["status"] == "failed", key
+            assert doc["error"].startswith(reason), (key, doc["error"])
+    bad = {k: r for k, r in expected.items() if r}
+    assert report["failed"] == len(bad)
+    assert {f["uri"]: f["reason"] for f in report["failures"]} == {
+        (dataset["src"] / k).as_uri(): r for k, r in bad.items()
+    }
+    # Failed documents never come back from a vector search.
+    store = open_store(str(dataset["store"]))
+    from imageindex.embedders import get_embedder
+
+    vec = get_embedder({"type": "offline"}).embed_texts(["a photo"])[0]
+    hits = store.search("t", vec, Filter(versions=["v1"]), top_k=100)
+    assert {h.uri for h in hits} == {d["uri"] for d in docs.values() if d["status"] == "ok"}
+
+
+def test_empty_listing_deletes_nothing_and_fails_loudly(dataset):
+    src = dataset["src"]
+    for i in range(3):
+        make_photo(src / f"p{i}.jpg", seed=i)
+    pipeline.run_all("t")
+    for p in src.iterdir():
+        p.unlink()
+    with pytest.raises(UnsafeDeleteError, match="listed no images"):
+        pipeline.run_all("t")
+    assert len(stored(dataset)) == 3
+
+
+def test_shrinking_beyond_the_fraction_deletes_nothing(dataset, monkeypatch):
+    src = dataset["src"]
+    for i in range(4):
+        make_photo(src / f"p{i}.jpg", seed=i)
+    pipeline.run_all("t")
+    for i in range(3):
+        (src / f"p{i}.jpg").unlink()
+    with pytest.raises(UnsafeDeleteError, match="IMAGEINDEX_MAX_DELETE_FRACTION"):
+        pipeline.run_all("t")
+    assert len(stored(dataset)) == 4
+    monkeypatch.setenv("IMAGEINDEX_MAX_DELETE_FRACTION", "1.0")
+    assert pipeline.run_all("t")["deleted"] == 3
+    assert len(stored(dataset)) == 1
+
+
+def test_missing_source_folder_fails_before_any_delete(dataset):
+    make_photo(dataset["src"] / "a.jpg")
+    pipeline.run_all("t")
+    dataset["src"].rename(dataset["tmp"] / "unmounted")
+    with pytest.raises(Exception, match="does not exist"):
+        pipeline.run_all("t")
+    assert len(stored(dataset)) == 1
+
+
+def test_killed_upsert_then_retry_equals_a_clean_run(dataset, tmp_path):
+    src = dataset["src"]
+    for i in range(12):
+        make_photo(src / f"p{i:02d}.jpg", seed=i)
+    plan = pipeline.plan("t", None, "run1")
+    assert len(plan["shards"]) == 1
+    manifest = plan["shards"][0]
+    pre = pipeline.preprocess("t", "v1", manifest)
+    emb = pipeline.tag_embed("t", "v1", pre["preprocessed"])
+    code = (
+        "from imageindex import pipeline; "
+        f"pipeline.upsert('t', 'v1', {emb['features']!r}, {pre['preprocessed']!r})"
+    )
+    env = dict(os.environ)
+    env.update(IMAGEINDEX_UPSERT_CHUNK_ROWS="5", IMAGEINDEX_FAULT_EXIT_AFTER_UPSERT_CHUNKS="1")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    assert len(stored(dataset)) == 5, "the worker died after its first chunk"
+
+    # The retry (same task, same inputs) completes the shard.
+    pipeline.upsert("t", "v1", emb["features"], pre["preprocessed"])
+    pipeline.finalize("t", "v1", plan, [])
+    retried = stored(dataset)
+
+    # A clean run into a fresh store gives the same documents.
+    clean_store = tmp_path / "clean"
+    reg = dataset["registry"]
+    reg.write_text(reg.read_text().replace(str(dataset["store"]), str(clean_store)))
+    pipeline.run_all("t", run_id="clean")
+    clean = {
+        d["uri"]: d
+        for d in open_store(str(clean_store)).get(
+            "t",
+            [
+                r
+                for b in open_store(str(clean_store)).iter_state("t", "v1")
+                for r in b.column("id").to_pylist()
+            ],
+        )
+    }
+    assert set(retried) == set(clean) and len(retried) == 12
+    keys = ("id", "fingerprint", "status", "width", "height", "tags_ai")
+    for uri, doc in clean.items():
+        assert {k: retried[uri][k] for k in keys} == {k: doc[k] for k in keys}
+    assert open_store(str(dataset["store"])).count("t", Filter(versions=["v1"])) == 12
+
+
+def test_retried_shard_never_duplicates(dataset):
+    src = dataset["src"]
+    for i in range(4):
+        make_photo(src / f"p{i}.jpg", seed=i)
+    plan = pipeline.plan("t", None, "r")
+    for _ in range(2):
+        pipeline.run_shard("t", "v1", plan["shards"][0])
+    store = open_store(str(dataset["store"]))
+    assert store.count("t", Filter(versions=["v1"], status=None)) == 4
+
+
+def test_parallel_shards_lose_no_write(dataset):
+    """Shards upserted from several processes at once (as on parallel workers) all land."""
+    src = dataset["src"]
+    for i in range(24):
+        make_photo(src / f"p{i:02d}.jpg", size=(96, 64), seed=i)
+    plan = pipeline.plan("t", None, "par", shard_size=4)
+    assert len(plan["shards"]) == 6
+    features = []
+    for m in plan["shards"]:
+        pre = pipeline.preprocess("t", "v1", m)
+        features.append((pipeline.tag_embed("t", "v1", pre["preprocessed"]), pre))
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from imageindex import pipeline; "
+                f"pipeline.upsert('t', 'v1', {e['features']!r}, {p['preprocessed']!r})",
+            ],
+        )
+        for e, p in features
+    ]
+    t0 = time.time()
+    assert [p.wait(timeout=300) for p in procs] == [0] * 6, time.time() - t0
+    assert open_store(str(dataset["store"])).count("t", Filter(versions=["v1"])) == 24
