@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,14 @@ import pytest
 _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
+
+# Exported ONNX models and label embeddings are reused across test runs (and by child processes:
+# Airflow runs, CLI calls); nothing is ever downloaded.
+os.environ.setdefault(
+    "IMAGEINDEX_MODEL_CACHE", str(Path(_TESTS_DIR).parent / "var" / "test-model-cache")
+)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from seaweedfs import SeaweedFS, find_weed  # noqa: E402
 from seaweedfs import start as start_seaweedfs  # noqa: E402

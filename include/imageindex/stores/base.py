@@ -1,0 +1,122 @@
+"""The vector store interface the pipeline and the search service talk to.
+
+A store holds one table per dataset; every version of the dataset lives in that table, told apart
+by ``dataset_version``. Rows follow :func:`imageindex.stores.schema.document_schema`.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from imageindex.errors import ConfigError
+from imageindex.stores.schema import STATUS_OK
+from imageindex.types import Hit
+
+_DATASET_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def table_name(dataset_id: str) -> str:
+    """Name of the table holding ``dataset_id``; the id is validated because it becomes a path."""
+    if not isinstance(dataset_id, str) or not _DATASET_ID_RE.match(dataset_id):
+        raise ConfigError(
+            f"dataset id {dataset_id!r} is invalid: use 1-64 characters from A-Z, a-z, 0-9, '_', '-'"
+        )
+    return f"images_{dataset_id}"
+
+
+@dataclass
+class Filter:
+    """Simple document filters, ANDed together. Empty lists and ``None`` mean "no constraint",
+    except ``versions=[]`` and ``uris=[]``, which match nothing.
+
+    Tag conditions look at both ``tags_ai`` and ``tags_user``.
+    """
+
+    #: dataset_version IN (...)
+    versions: list[str] | None = None
+    #: the document has ANY of these tags
+    tags_any: list[str] = field(default_factory=list)
+    #: the document has ALL of these tags
+    tags_all: list[str] = field(default_factory=list)
+    #: the document has NONE of these tags
+    tags_exclude: list[str] = field(default_factory=list)
+    #: uri IN (...)
+    uris: list[str] | None = None
+    #: status = ...; None = any status
+    status: str | None = STATUS_OK
+
+
+class VectorStore(ABC):
+    """A store of documents with vectors. Implementations must be safe to call from several
+    processes at once (Airflow mapped tasks upsert into the same table in parallel)."""
+
+    @abstractmethod
+    def ensure_table(self, dataset_id: str, *, model: str, dim: int) -> None:
+        """Create the dataset's table if absent. If it exists with another model or dim, raise
+        :class:`~imageindex.errors.ModelMismatchError` before writing anything."""
+
+    @abstractmethod
+    def table_info(self, dataset_id: str) -> dict | None:
+        """``{"model": str, "dim": int, "rows": int}``, or None when the table does not exist."""
+
+    @abstractmethod
+    def upsert(self, dataset_id: str, table: pa.Table) -> int:
+        """Insert or replace rows by ``id``; returns the number of rows written.
+
+        A matched row keeps its ``tags_user`` when the incoming value is null, so user tags
+        survive re-indexing. Idempotent, and written batch by batch: re-running an interrupted
+        upsert yields the same table as one clean run.
+        """
+
+    @abstractmethod
+    def delete(self, dataset_id: str, ids: Sequence[str]) -> int:
+        """Delete rows by id; returns how many existed."""
+
+    @abstractmethod
+    def iter_state(
+        self, dataset_id: str, version: str, batch_size: int = 50_000
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream :data:`~imageindex.stores.schema.STATE_COLUMNS` of one version (no vectors)."""
+
+    @abstractmethod
+    def count(self, dataset_id: str, flt: Filter | None = None) -> int:
+        """Rows matching ``flt``; all rows when ``flt`` is None."""
+
+    @abstractmethod
+    def get(self, dataset_id: str, ids: Sequence[str]) -> list[dict]:
+        """Documents without their vector, in the order of ``ids``; unknown ids are skipped."""
+
+    @abstractmethod
+    def search(
+        self,
+        dataset_id: str,
+        vector: np.ndarray | None,
+        flt: Filter,
+        *,
+        top_k: int = 10,
+        score_threshold: float | None = None,
+    ) -> list[Hit]:
+        """Top ``top_k`` documents matching ``flt``.
+
+        With a vector: by cosine similarity (``1 - cosine distance``, higher is better), the
+        filter applied before ranking, failed documents never returned. Without: up to ``top_k``
+        documents ordered by uri, score 1.0.
+        """
+
+    @abstractmethod
+    def optimize(self, dataset_id: str) -> dict:
+        """Compact the table and create or refresh its indexes; returns what was done."""
+
+    @abstractmethod
+    def add_user_tags(self, dataset_id: str, ids: Sequence[str], tags: Sequence[str]) -> int:
+        """Add ``tags`` to ``tags_user`` of the given documents; returns rows changed."""
+
+    @abstractmethod
+    def remove_user_tags(self, dataset_id: str, ids: Sequence[str], tags: Sequence[str]) -> int:
+        """Remove ``tags`` from ``tags_user`` of the given documents; returns rows changed."""
