@@ -1,0 +1,78 @@
+"""Embedders: images and texts into one vector space. ``get_embedder(spec)`` picks one.
+
+Importing this package needs only numpy; the model packages (the ``models`` extra) are imported
+when an embedder first runs.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from imageindex.embedders.base import Embedder, ImageEmbeddings
+from imageindex.errors import ConfigError
+
+__all__ = ["Embedder", "ImageEmbeddings", "get_embedder", "clear_embedder_cache", "EMBEDDER_TYPES"]
+
+#: spec["type"] -> allowed keys besides "type" (with their defaults)
+EMBEDDER_TYPES: dict[str, dict] = {
+    "offline": {"batch_size": 32, "top_k_classes": 10, "backend": "onnx", "threads": None},
+}
+
+_lock = threading.Lock()
+_instances: dict[str, Embedder] = {}
+
+
+def _normalize(spec: dict | None) -> dict:
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, dict):
+        raise ConfigError(
+            f"embedder spec must be a mapping like {{type: offline}}, got {type(spec).__name__}"
+        )
+    kind = spec.get("type", "offline")
+    if kind not in EMBEDDER_TYPES:
+        raise ConfigError(
+            f"embedder type {kind!r} is unknown; valid types: {', '.join(sorted(EMBEDDER_TYPES))}"
+        )
+    allowed = EMBEDDER_TYPES[kind]
+    unknown = sorted(set(spec) - set(allowed) - {"type"})
+    if unknown:
+        raise ConfigError(
+            f"embedder {kind!r}: unknown key(s) {unknown}; valid keys: {sorted(allowed)}"
+        )
+    return {"type": kind, **allowed, **{k: v for k, v in spec.items() if k != "type"}}
+
+
+def get_embedder(spec: dict | None = None) -> Embedder:
+    """The embedder for a registry spec, e.g. ``{"type": "offline"}`` (the default).
+
+    Instances are cached per process by their spec (defaults filled in), so models load once per
+    worker however many shards or searches use them. Thread-safe.
+    """
+    full = _normalize(spec)
+    try:
+        key = json.dumps(full, sort_keys=True)
+    except TypeError as exc:
+        raise ConfigError(f"embedder spec {spec!r} has values that are not plain data") from exc
+    with _lock:
+        embedder = _instances.get(key)
+        if embedder is None:
+            embedder = _build(full)
+            _instances[key] = embedder
+    return embedder
+
+
+def _build(full: dict) -> Embedder:
+    if full["type"] == "offline":
+        from imageindex.embedders.offline import OfflineEmbedder
+
+        options = {k: v for k, v in full.items() if k != "type"}
+        return OfflineEmbedder(**options)
+    raise AssertionError(full["type"])  # _normalize rejected it already
+
+
+def clear_embedder_cache() -> None:
+    """Forget cached instances (tests; a changed model cache folder)."""
+    with _lock:
+        _instances.clear()
