@@ -124,7 +124,10 @@ def build_dag(ds: DatasetSpec):
         def finalize(shard_results) -> dict:
             """Delete removed files (guarded), optimize the store, report, emit the asset event."""
             ctx = get_current_context()
-            results = [r for r in (shard_results or []) if r]
+            # One mapped shard can arrive as its bare result rather than a one-item sequence.
+            if isinstance(shard_results, dict):
+                shard_results = [shard_results]
+            results = [r for r in (shard_results or []) if isinstance(r, dict)]
             plan_result = pipeline.load_plan(ds.id, ctx["params"]["version"], ctx["run_id"])
             report = pipeline.finalize(ds.id, plan_result["dataset_version"], plan_result, results)
             ctx["outlet_events"][asset].extra = {
