@@ -13,7 +13,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
 	# foolbox ships labelled ImageNet photos; its own dependencies are not wanted.
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps foolbox==3.3.4
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
 demo: install
