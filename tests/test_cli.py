@@ -1,0 +1,68 @@
+"""CLI errors are one line on stderr with exit code 2; results go to stdout."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imageindex.cli import main
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(
+        f"datasets:\n  - id: empty\n    versions: {{v1: {tmp_path / 'src'}}}\n"
+        f"    store: {{uri: {tmp_path / 'store'}}}\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("IMAGEINDEX_REGISTRY", str(reg))
+    monkeypatch.setenv("IMAGEINDEX_HOME", str(tmp_path / "home"))
+    return reg
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_empty_index_is_a_one_line_error(registry, capsys):
+    code, out, err = run(capsys, "search", "--dataset", "empty", "--text", "a cat")
+    assert code == 2 and out == ""
+    assert "has no indexed images yet" in err and "imageindex_empty" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_registry_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IMAGEINDEX_REGISTRY", str(tmp_path / "none.yaml"))
+    code, _, err = run(capsys, "search", "--dataset", "x", "--text", "y")
+    assert code == 2 and "registry not found" in err
+
+
+def test_bad_arguments_exit_2(registry, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["search", "--dataset", "empty", "--text", "a", "--image", "b.png"])
+    assert exc.value.code == 2
+    code, _, err = run(capsys, "search", "--dataset", "empty", "--score-threshold", "3")
+    assert code == 2 and "--score-threshold" in err
+
+
+def test_tag_flags_accept_commas_and_repeats():
+    from imageindex.cli import _tags
+
+    assert _tags(["cat,dog", " bird ", "a, ,b"]) == ["cat", "dog", "bird", "a", "b"]
+
+
+def test_samples_command_collects_wheel_photos(tmp_path, capsys):
+    code, out, _ = run(capsys, "samples", str(tmp_path / "s"))
+    assert code == 0
+    files = json.loads(out)["files"]
+    assert files["skimage"] >= 10 and files["foolbox"] == 20 and files["interior"] >= 30
+    assert (tmp_path / "s" / "skimage" / "chelsea.png").is_file()
+    # Collecting again keeps modification times, so an incremental index sees no change.
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("*") if p.is_file()}
+    run(capsys, "samples", str(tmp_path / "s"))
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("*") if p.is_file()}
+    assert before == after
