@@ -34,9 +34,21 @@ def _parser() -> argparse.ArgumentParser:
     q = s.add_mutually_exclusive_group()
     q.add_argument("--text", help="text query, e.g. 'a cup of coffee'")
     q.add_argument("--image", help="path of an example image")
+    q.add_argument("--image-uri", help="uri of an indexed image: find similar ones")
+    s.add_argument(
+        "--dsl",
+        help="query language filter, e.g. '(tags:cat OR tags:dog) AND width >= 256' "
+        "(docs/query-language.md)",
+    )
     s.add_argument("--tags-any", action="append", help="any of these tags (comma-separated)")
     s.add_argument("--tags-all", action="append", help="all of these tags (comma-separated)")
     s.add_argument("--tags-exclude", action="append", help="none of these tags")
+    s.add_argument("--file-name", help="file name contains this (any case)")
+    s.add_argument("--path-prefix", help="uri starts with this")
+    s.add_argument("--mtime-from", help="modified at or after (ISO date or datetime)")
+    s.add_argument("--mtime-to", help="modified at or before (ISO date or datetime)")
+    s.add_argument("--sort", default="uri", help="filter-only order: uri, file_name, mtime, ...")
+    s.add_argument("--cursor", help="next_cursor of the previous page")
     s.add_argument("--top-k", type=int, default=10)
     s.add_argument("--score-threshold", type=float)
     s.add_argument("--json", action="store_true", help="print hits as JSON")
@@ -55,20 +67,29 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _search(args) -> int:
-    from imageindex.search import SearchRequest, search
+    from imageindex.search import SearchRequest, run_search
 
     req = SearchRequest(
         dataset_id=args.dataset,
         version=args.version,
         text=args.text,
         image_path=args.image,
+        image_uri=args.image_uri,
+        dsl=args.dsl,
+        file_name=args.file_name,
+        path_prefix=args.path_prefix,
+        mtime_from=args.mtime_from,
+        mtime_to=args.mtime_to,
+        sort=args.sort,
+        cursor=args.cursor,
         tags_any=_tags(args.tags_any),
         tags_all=_tags(args.tags_all),
         tags_exclude=_tags(args.tags_exclude),
         top_k=args.top_k,
         score_threshold=args.score_threshold,
     )
-    hits = search(req, registry_path=args.registry)
+    result = run_search(req, registry_path=args.registry)
+    hits = result.hits
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
     else:
@@ -77,6 +98,9 @@ def _search(args) -> int:
         for rank, h in enumerate(hits, 1):
             tags = ", ".join(h.tags_ai + [f"user:{t}" for t in h.tags_user])
             print(f"{rank:>3}. {h.score:.4f}  {h.file_name}  {h.width}x{h.height}  [{tags}]")
+    if result.next_cursor:
+        # stderr, so `--json` output stays a plain list of hits
+        print(f"next page: --cursor {result.next_cursor}", file=sys.stderr)
     return 0
 
 

@@ -1,8 +1,10 @@
-"""Search a dataset version by text, by example image and by tags.
+"""Search a dataset version by text, by example image, by tags, by metadata and by the query
+language — all through one path: every form becomes one query AST (:mod:`imageindex.query`),
+compiled by the store, so the CLI flags, the REST API and the DSL box agree.
 
 The query is embedded with the same model the index was built with (taken from the registry and
-checked against the model recorded in the store), so text and image queries land in the vectors'
-space. Scores are cosine similarities in [-1, 1], higher is closer.
+checked against the model recorded in the store). Scores are cosine similarities in [-1, 1],
+higher is closer, on every store.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import numpy as np
 
 from imageindex.errors import ConfigError, EmptyIndexError, ModelMismatchError
 from imageindex.registry import DatasetSpec, load_registry
-from imageindex.types import Hit
+from imageindex.types import Hit, doc_id
 
 MAX_TOP_K = 1000
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 
 
 @dataclass
@@ -26,16 +29,25 @@ class SearchRequest:
     text: str | None = None
     image_path: str | None = None
     image_bytes: bytes | None = None
+    #: uri of an image already in the index: search by its indexed thumbnail
+    image_uri: str | None = None
+    dsl: str | None = None
     tags_any: list[str] = field(default_factory=list)
     tags_all: list[str] = field(default_factory=list)
     tags_exclude: list[str] = field(default_factory=list)
+    file_name: str | None = None
+    path_prefix: str | None = None
+    mtime_from: str | None = None
+    mtime_to: str | None = None
     top_k: int = 10
     score_threshold: float | None = None
+    cursor: str | None = None
+    sort: str = "uri"
 
     def validate(self) -> None:
-        queries = sum(x is not None for x in (self.text, self.image_path, self.image_bytes))
-        if queries > 1:
-            raise ConfigError("give one query: --text or --image, not both")
+        given = [x for x in (self.text, self.image_path, self.image_bytes, self.image_uri) if x]
+        if len(given) > 1:
+            raise ConfigError("give one query: --text, --image or --image-uri, not several")
         if self.text is not None and not self.text.strip():
             raise ConfigError("--text is empty")
         if not 1 <= self.top_k <= MAX_TOP_K:
@@ -44,25 +56,42 @@ class SearchRequest:
             raise ConfigError(
                 f"--score-threshold must be between -1 and 1 (got {self.score_threshold})"
             )
+        if self.image_bytes is not None and len(self.image_bytes) > MAX_UPLOAD_BYTES:
+            raise ConfigError(f"query image is larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
+
+    @property
+    def has_vector_query(self) -> bool:
+        return any(x for x in (self.text, self.image_path, self.image_bytes, self.image_uri))
 
 
-def query_vector(ds: DatasetSpec, req: SearchRequest) -> np.ndarray | None:
-    from imageindex.pipeline import embedder_for
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    next_cursor: str | None
+    query: str | None  # the filter as query-language text (what the store compiled)
 
-    if req.text is None and req.image_path is None and req.image_bytes is None:
-        return None
-    embedder = embedder_for(ds)
-    if req.text is not None:
-        return embedder.embed_texts([req.text.strip()])[0]
+
+def build_filter(req: SearchRequest, version: str):
+    """The request's filter as one AST: the simple form ANDed with the DSL."""
+    from imageindex.query import combine, parse, simple_filter, validate
+
+    simple = simple_filter(
+        tags_any=req.tags_any,
+        tags_all=req.tags_all,
+        tags_exclude=req.tags_exclude,
+        file_name=req.file_name,
+        path_prefix=req.path_prefix,
+        mtime_from=req.mtime_from,
+        mtime_to=req.mtime_to,
+        versions=[version],
+    )
+    dsl = parse(req.dsl) if req.dsl and req.dsl.strip() else None
+    return validate(combine(simple, dsl))
+
+
+def _embed_image_bytes(embedder, data: bytes, name: str) -> np.ndarray:
     from imageindex.preprocess import load_model_input, preprocess_image
 
-    if req.image_bytes is not None:
-        data, name = req.image_bytes, "uploaded image"
-    else:
-        path = Path(req.image_path)
-        if not path.is_file():
-            raise ConfigError(f"--image {req.image_path}: no such file")
-        data, name = path.read_bytes(), str(path)
     pre = preprocess_image(data, name=name)
     if not pre.ok:
         raise ConfigError(f"{name}: cannot be used as a query image ({pre.error_reason})")
@@ -70,34 +99,77 @@ def query_vector(ds: DatasetSpec, req: SearchRequest) -> np.ndarray | None:
     return embedder.embed_images([image]).vectors[0]
 
 
-def search(req: SearchRequest, *, registry_path: str | None = None) -> list[Hit]:
+def query_vector(ds: DatasetSpec, req: SearchRequest, store=None, version=None):
+    from imageindex.pipeline import embedder_for
+
+    if not req.has_vector_query:
+        return None
+    embedder = embedder_for(ds)
+    if req.text is not None:
+        return embedder.embed_texts([req.text.strip()])[0]
+    if req.image_bytes is not None:
+        return _embed_image_bytes(embedder, req.image_bytes, "uploaded image")
+    if req.image_uri is not None:
+        return _indexed_image_vector(ds, embedder, store, version, req.image_uri)
+    path = Path(req.image_path)
+    if not path.is_file():
+        raise ConfigError(f"--image {req.image_path}: no such file")
+    return _embed_image_bytes(embedder, path.read_bytes(), str(path))
+
+
+def _indexed_image_vector(ds, embedder, store, version, uri: str) -> np.ndarray:
+    """Search by an indexed image: embed its stored thumbnail, exactly as indexing did."""
+    from imageindex.preprocess import load_model_input
+    from imageindex.staging import open_staging
+
+    docs = store.get(ds.id, [doc_id(ds.id, version, uri)])
+    if not docs or docs[0].get("status") != "ok" or not docs[0].get("thumbnail_uri"):
+        raise ConfigError(f"{uri} is not an indexed image of {ds.id}/{version}")
+    thumb = docs[0]["thumbnail_uri"]
+    root = thumb.rsplit("/", 1)[0]
+    data = open_staging(root, s3_conn_id=ds.s3_conn_id).read_bytes(thumb)
+    image = load_model_input(data, getattr(embedder, "input_size", 224))
+    return embedder.embed_images([image]).vectors[0]
+
+
+def run_search(req: SearchRequest, *, registry_path: str | None = None) -> SearchResult:
+    from imageindex.pipeline import embedder_for
+    from imageindex.query import to_text
     from imageindex.stores import open_store
     from imageindex.stores.base import Filter
 
     req.validate()
     ds = load_registry(registry_path).get(req.dataset_id)
     version = ds.version(req.version).name
+    where = build_filter(req, version)  # syntax errors surface before any store or model work
     store = open_store(ds.store_uri, spec=ds.store)
     info = store.table_info(ds.id)
-    flt = Filter(
-        versions=[version],
-        tags_any=list(req.tags_any),
-        tags_all=list(req.tags_all),
-        tags_exclude=list(req.tags_exclude),
-    )
-    if info is None or store.count(ds.id, Filter(versions=[version])) == 0:
+    if info is None or store.count(ds.id, Filter(versions=[version], status=None)) == 0:
         raise EmptyIndexError(
             f"dataset '{ds.id}' version '{version}' has no indexed images yet; trigger the "
             f"imageindex_{ds.id} DAG or run `imageindex index --dataset {ds.id}`"
         )
-    vector = query_vector(ds, req)
-    if vector is not None:
-        from imageindex.pipeline import embedder_for
-
+    vector = None
+    if req.has_vector_query:
         embedder = embedder_for(ds)
         if info.get("model") not in (None, embedder.name) or info.get("dim") != embedder.dim:
             raise ModelMismatchError(
                 f"dataset '{ds.id}' is indexed with {info.get('model')} ({info.get('dim')} dims) "
                 f"but the registry names {embedder.name} ({embedder.dim} dims); re-index in full"
             )
-    return store.search(ds.id, vector, flt, top_k=req.top_k, score_threshold=req.score_threshold)
+        vector = query_vector(ds, req, store, version)
+    page = store.query(
+        ds.id,
+        vector=vector,
+        where=where,
+        top_k=req.top_k,
+        score_threshold=req.score_threshold,
+        cursor=req.cursor,
+        sort=req.sort,
+    )
+    return SearchResult(page.hits, page.next_cursor, to_text(where) if where else None)
+
+
+def search(req: SearchRequest, *, registry_path: str | None = None) -> list[Hit]:
+    """The first page of hits (see :func:`run_search` for cursors)."""
+    return run_search(req, registry_path=registry_path).hits

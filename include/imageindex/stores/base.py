@@ -52,6 +52,22 @@ class Filter:
     status: str | None = STATUS_OK
 
 
+#: Sort keys of filter-only queries (ascending; prefix "-" for descending). Ties break on id.
+SORT_FIELDS = ("uri", "file_name", "mtime", "size", "indexed_at")
+
+#: Vector search pages beyond this depth are refused (like OpenSearch's max_result_window):
+#: deep offsets cost top-(offset+k) work on every page.
+MAX_VECTOR_WINDOW = 10_000
+
+
+@dataclass
+class Page:
+    """One page of results; ``next_cursor`` is None on the last page."""
+
+    hits: list[Hit]
+    next_cursor: str | None = None
+
+
 class VectorStore(ABC):
     """A store of documents with vectors. Implementations must be safe to call from several
     processes at once (Airflow mapped tasks upsert into the same table in parallel)."""
@@ -107,6 +123,28 @@ class VectorStore(ABC):
         With a vector: by cosine similarity (``1 - cosine distance``, higher is better), the
         filter applied before ranking, failed documents never returned. Without: up to ``top_k``
         documents ordered by uri, score 1.0.
+        """
+
+    @abstractmethod
+    def query(
+        self,
+        dataset_id: str,
+        *,
+        vector: np.ndarray | None = None,
+        where=None,
+        top_k: int = 10,
+        score_threshold: float | None = None,
+        cursor: str | None = None,
+        sort: str = "uri",
+    ) -> Page:
+        """One page of documents matching ``where`` (a :mod:`imageindex.query` AST, or None).
+
+        With a vector: ordered by cosine similarity (score desc, then id), the filter applied
+        inside the store before ranking, failed documents never returned, at most
+        :data:`MAX_VECTOR_WINDOW` results over all pages. Without: every matching document
+        (failed ones included), ordered by ``sort`` then id, score 1.0, paged by keyset so
+        pages stay stable and cheap at any depth. ``cursor`` is the previous page's
+        ``next_cursor``; a cursor from another query is refused.
         """
 
     @abstractmethod

@@ -22,10 +22,19 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from lance.dataset import ColumnOrdering
 from lancedb.index import Bitmap, BTree, HnswSq, LabelList
 
 from imageindex.errors import ConfigError, EmptyIndexError, ModelMismatchError, StoreError
-from imageindex.stores.base import Filter, VectorStore, table_name
+from imageindex.stores.base import (
+    MAX_VECTOR_WINDOW,
+    SORT_FIELDS,
+    Filter,
+    Page,
+    VectorStore,
+    table_name,
+)
+from imageindex.stores.paging import decode_cursor, encode_cursor, parse_sort, query_digest
 from imageindex.stores.schema import STATE_COLUMNS, STATUS_OK, document_schema
 from imageindex.types import Hit
 
@@ -60,6 +69,7 @@ HIT_COLUMNS = [
     "tags_ai",
     "tags_user",
     "thumbnail_uri",
+    "indexed_at",
 ]
 DOC_COLUMNS = [f.name for f in document_schema(1) if f.name != "vector"]
 
@@ -603,6 +613,17 @@ class LanceDBStore(VectorStore):
             rows = self._scan(tbl, HIT_COLUMNS, where, order_by=["uri"], limit=top_k)
             return [_hit(row, 1.0) for row in rows.to_pylist()]
 
+        rows = self._vector_rows(dataset_id, tbl, vector, where, top_k)
+        hits = []
+        for row in rows:
+            score = 1.0 - float(row["_distance"])
+            if score_threshold is not None and score < score_threshold:
+                continue
+            hits.append(_hit(row, score))
+        hits.sort(key=lambda h: -h.score)
+        return hits
+
+    def _vector_rows(self, dataset_id: str, tbl, vector, where: str | None, limit: int) -> list:
         _, dim = self._model_dim(tbl)
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         if query.shape[0] != dim:
@@ -619,30 +640,89 @@ class LanceDBStore(VectorStore):
             .distance_type("cosine")
             .where(where, prefilter=True)
             .select([*HIT_COLUMNS, "_distance"])
-            .limit(top_k)
+            .limit(limit)
         )
         if self._has_vector_index(tbl):
             # An ANN index over a few matching rows can miss them entirely; brute force over
             # a small filtered set is both exact and fast.
-            if tbl.count_rows(where) < max(self.exact_search_min_rows, 20 * top_k):
+            if tbl.count_rows(where) < max(self.exact_search_min_rows, 20 * limit):
                 q = q.bypass_vector_index()
                 self.stats["exact_searches"] += 1
             else:
                 if self.refine_factor:
                     q = q.refine_factor(self.refine_factor)
                 if self.ef:
-                    q = q.ef(max(self.ef, top_k))
+                    q = q.ef(max(self.ef, limit))
                 if self.nprobes:
                     q = q.nprobes(self.nprobes)
                 self.stats["index_searches"] += 1
-        hits = []
-        for row in q.to_arrow().to_pylist():
-            score = 1.0 - float(row["_distance"])
-            if score_threshold is not None and score < score_threshold:
-                continue
-            hits.append(_hit(row, score))
-        hits.sort(key=lambda h: -h.score)
-        return hits
+        return q.to_arrow().to_pylist()
+
+    def query(
+        self,
+        dataset_id: str,
+        *,
+        vector: np.ndarray | None = None,
+        where=None,
+        top_k: int = 10,
+        score_threshold: float | None = None,
+        cursor: str | None = None,
+        sort: str = "uri",
+    ) -> Page:
+        from imageindex.query import compile_lancedb, to_text
+
+        tbl = self._open(dataset_id)
+        if tbl is None:
+            raise EmptyIndexError(
+                f"dataset {dataset_id!r} has not been indexed yet (no table "
+                f"{table_name(dataset_id)} in {self.uri}); run its indexing DAG first"
+            )
+        if not isinstance(top_k, int) or not 1 <= top_k <= MAX_VECTOR_WINDOW:
+            raise ConfigError(f"top_k must be between 1 and {MAX_VECTOR_WINDOW} (got {top_k!r})")
+        where_sql = compile_lancedb(where) if where is not None else None
+        digest = query_digest(
+            dataset_id,
+            vector,
+            to_text(where) if where is not None else None,
+            sort if vector is None else "score",
+            score_threshold,
+        )
+        pos = decode_cursor(cursor, digest) if cursor else {}
+
+        if vector is not None:
+            offset = int(pos.get("o", 0))
+            if offset < 0 or offset + top_k > MAX_VECTOR_WINDOW:
+                raise ConfigError(
+                    f"vector search pages stop at {MAX_VECTOR_WINDOW} results; narrow the query "
+                    "with filters or a score threshold"
+                )
+            rows = self._vector_rows(dataset_id, tbl, vector, where_sql, offset + top_k + 1)
+            ranked = sorted(
+                ((1.0 - float(r["_distance"]), r) for r in rows), key=lambda t: (-t[0], t[1]["id"])
+            )
+            if score_threshold is not None:
+                ranked = [t for t in ranked if t[0] >= score_threshold]
+            page = ranked[offset : offset + top_k]
+            more = len(ranked) > offset + top_k and offset + top_k < MAX_VECTOR_WINDOW
+            nxt = encode_cursor(digest, o=offset + top_k) if more and page else None
+            return Page([_hit(r, sc) for sc, r in page], nxt)
+
+        field, desc = parse_sort(sort, SORT_FIELDS)
+        sql = where_sql
+        if pos:
+            # Keyset paging: "after the last row of the previous page" in (field, id) order, so
+            # page N costs the same as page 1 and concurrent writes never shift a page.
+            sql = _and(sql, _keyset_sql(field, desc, pos["v"], pos["i"]))
+        order = [ColumnOrdering(field, ascending=not desc), ColumnOrdering("id", ascending=True)]
+        rows = self._scan(tbl, HIT_COLUMNS, sql, order_by=order, limit=top_k + 1).to_pylist()
+        page = rows[:top_k]
+        nxt = None
+        if len(rows) > top_k:
+            v = page[-1][field]
+            nxt = encode_cursor(
+                digest, v=v.isoformat() if hasattr(v, "isoformat") else v, i=page[-1]["id"]
+            )
+        return Page([_hit(r, 1.0) for r in page], nxt)
 
     # ---------------------------------------------------------------------------- maintenance
 
@@ -683,6 +763,20 @@ class LanceDBStore(VectorStore):
             "vector_index": vector_index,
             "vector_index_min_rows": self.index_min_rows,
         }
+
+
+def _keyset_sql(field: str, desc: bool, last, last_id: str) -> str:
+    if field in ("mtime", "indexed_at"):
+        from datetime import datetime
+
+        iso = datetime.fromisoformat(str(last)).isoformat()
+        lit = f"TIMESTAMP {sql_string(iso)}"
+    elif field in ("size",):
+        lit = str(int(last))
+    else:
+        lit = sql_string(str(last))
+    op = "<" if desc else ">"
+    return f"({field} {op} {lit} OR ({field} = {lit} AND id > {sql_string(str(last_id))}))"
 
 
 def _table_schema(model: str, dim: int) -> pa.Schema:
