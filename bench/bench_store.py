@@ -98,6 +98,12 @@ def main() -> None:
     ap.add_argument("--batch-rows", type=int, default=5_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dir", default=None, help="store directory (default: a temporary one)")
+    ap.add_argument(
+        "--exact-min-rows",
+        type=int,
+        default=None,
+        help="search exactly when the filter matches fewer rows (store default when unset)",
+    )
     args = ap.parse_args()
 
     rng = np.random.default_rng(args.seed)
@@ -110,7 +116,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(dir=args.dir) as root:
         store = LanceDBStore(
-            root, index_min_rows=min(50_000, args.n), write_batch_rows=args.batch_rows
+            root,
+            index_min_rows=min(50_000, args.n),
+            write_batch_rows=args.batch_rows,
+            **({"exact_search_min_rows": args.exact_min_rows} if args.exact_min_rows else {}),
         )
         store.ensure_table(DATASET, model=MODEL, dim=args.dim)
 
