@@ -419,25 +419,34 @@ def tag_embed(
     vectors = np.zeros((len(ids), embedder.dim), dtype=np.float32)
     tags_ai: list[list[str]] = []
     tags_detail: list[str] = []
+    errors: list[str | None] = []
     size = getattr(embedder, "input_size", 224)
     model_seconds = 0.0
+    # Hosted models take the thumbnail JPEG itself; local models take decoded arrays.
+    jpeg_embedder = getattr(embedder, "wants_jpeg", False)
+    jpeg_tagger = getattr(tagger, "wants_jpeg", False)
     # Decode the next batch while the model runs on this one.
     with ThreadPoolExecutor(max_workers=2) as pool:
         batches = [(s, thumbs[s : s + batch_size]) for s in range(0, len(ids), batch_size)]
 
         def decode(batch):
-            return [load_model_input(b, size) for b in batch]
+            return None if jpeg_embedder else [load_model_input(b, size) for b in batch]
 
         futures = [pool.submit(decode, b) for _, b in batches[:2]]
-        for bi, (start, _) in enumerate(batches):
+        for bi, (start, jpegs) in enumerate(batches):
             images = futures[bi].result()
             if bi + 2 < len(batches):
                 futures.append(pool.submit(decode, batches[bi + 2][1]))
             tm = time.perf_counter()
-            emb = embedder.embed_images(images)
-            tags = tagger.tag(emb)
+            emb = embedder.embed_jpegs(jpegs) if jpeg_embedder else embedder.embed_images(images)
+            tags = tagger.tag_jpegs(jpegs, emb) if jpeg_tagger else tagger.tag(emb)
             model_seconds += time.perf_counter() - tm
-            vectors[start : start + len(images)] = emb.vectors
+            vectors[start : start + len(jpegs)] = emb.vectors
+            batch_errors = list(getattr(emb, "errors", None) or [None] * len(jpegs))
+            tag_errors = getattr(tagger, "last_errors", None)
+            if jpeg_tagger and tag_errors:
+                batch_errors = [e or t for e, t in zip(batch_errors, tag_errors, strict=False)]
+            errors.extend(batch_errors)
             for per_image in tags:
                 tags_ai.append(sorted({t.name for t in per_image}))
                 tags_detail.append(
@@ -464,6 +473,8 @@ def tag_embed(
             "vector": pa.FixedSizeListArray.from_arrays(
                 pa.array(vectors.reshape(-1), pa.float32()), embedder.dim
             ),
+            # A model's per-file refusal (e.g. an image the API rejects) fails that file only.
+            "error": pa.array(errors, pa.string()),
         }
     )
     out_uri = preprocessed_uri.rsplit("/", 1)[0] + "/features.parquet"
@@ -472,7 +483,8 @@ def tag_embed(
     return {
         "features": out_uri,
         "preprocessed": preprocessed_uri,
-        "embedded": n,
+        "embedded": n - sum(1 for e in errors if e),
+        "model_failed": sum(1 for e in errors if e),
         "model": embedder.name,
         "seconds": round(seconds, 3),
         "model_seconds": round(model_seconds, 3),
@@ -501,6 +513,9 @@ def build_documents(
     f_tags = feats.column("tags_ai").to_pylist()
     f_detail = feats.column("tags_detail").to_pylist()
     f_hash = feats.column("tag_definitions_hash").to_pylist()
+    f_err = (
+        feats.column("error").to_pylist() if "error" in feats.column_names else [None] * len(f_tags)
+    )
     n = pre.num_rows
     vectors = np.zeros((n, dim), dtype=np.float32)
     status, error, tags_ai, detail, dhash = [], [], [], [], []
@@ -514,6 +529,8 @@ def build_documents(
         )
     ):
         k = feat_by_id.get(i)
+        if ok and k is not None and f_err[k]:
+            ok, reason, det = False, "model_failed", f_err[k]
         if ok and k is not None:
             vectors[r] = vec[k]
             status.append(STATUS_OK)
@@ -639,9 +656,29 @@ def finalize(
         pre_uri = shard.rsplit("/", 1)[0] + "/preprocessed.parquet"
         if not staging.exists(pre_uri):
             continue
-        pre = staging.read_parquet(pre_uri, columns=["uri", "ok", "error_reason", "error_detail"])
-        bad = pre.filter(pc.invert(pc.field("ok")))
-        for row in bad.to_pylist():
+        pre = staging.read_parquet(
+            pre_uri, columns=["id", "uri", "ok", "error_reason", "error_detail"]
+        )
+        bad_rows = pre.filter(pc.invert(pc.field("ok"))).to_pylist()
+        feat_uri = shard.rsplit("/", 1)[0] + "/features.parquet"
+        if staging.exists(feat_uri):
+            feats = staging.read_parquet(feat_uri)
+            if "error" in feats.column_names:
+                uri_of = dict(
+                    zip(pre.column("id").to_pylist(), pre.column("uri").to_pylist(), strict=True)
+                )
+                for fid, ferr in zip(
+                    feats.column("id").to_pylist(), feats.column("error").to_pylist(), strict=True
+                ):
+                    if ferr:
+                        bad_rows.append(
+                            {
+                                "uri": uri_of.get(fid),
+                                "error_reason": "model_failed",
+                                "error_detail": ferr,
+                            }
+                        )
+        for row in bad_rows:
             by_reason[row["error_reason"]] += 1
             if len(failures) < REPORT_MAX_FAILURES:
                 failures.append(
