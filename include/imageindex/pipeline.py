@@ -662,8 +662,11 @@ def finalize(
         bad_rows = pre.filter(pc.invert(pc.field("ok"))).to_pylist()
         feat_uri = shard.rsplit("/", 1)[0] + "/features.parquet"
         if staging.exists(feat_uri):
-            feats = staging.read_parquet(feat_uri)
-            if "error" in feats.column_names:
+            try:  # only the error column: the vectors are not needed here
+                feats = staging.read_parquet(feat_uri, columns=["id", "error"])
+            except (KeyError, ValueError, pa.ArrowInvalid):
+                feats = None
+            if feats is not None:
                 uri_of = dict(
                     zip(pre.column("id").to_pylist(), pre.column("uri").to_pylist(), strict=True)
                 )
