@@ -254,3 +254,33 @@ def test_parallel_shards_lose_no_write(dataset):
     t0 = time.time()
     assert [p.wait(timeout=300) for p in procs] == [0] * 6, time.time() - t0
     assert open_store(str(dataset["store"])).count("t", Filter(versions=["v1"])) == 24
+
+
+def test_changed_tag_definitions_retag_every_file(dataset):
+    import json as _json
+
+    defs = dataset["tmp"] / "tags.json"
+    defs.write_text((REPO / "config" / "tags" / "samples.json").read_text(), encoding="utf-8")
+    reg = dataset["registry"]
+    reg.write_text(
+        reg.read_text().replace(str(REPO / "config" / "tags" / "samples.json"), str(defs))
+    )
+    src = dataset["src"]
+    for i in range(3):
+        make_photo(src / f"p{i}.jpg", seed=i)
+    (src / "bad.jpg").write_bytes(b"not an image")
+    pipeline.run_all("t")
+    assert pipeline.run_all("t")["processed"] == 0
+    first_hash = {
+        d["tag_definitions_hash"] for d in stored(dataset).values() if d["status"] == "ok"
+    }
+
+    obj = _json.loads(defs.read_text())
+    obj["tags"]["Gradient"] = "A smooth colour gradient with simple shapes."
+    defs.write_text(_json.dumps(obj), encoding="utf-8")
+    report = pipeline.run_all("t")
+    # The three good files are re-tagged; the failed one has no tags to redo.
+    assert (report["retag"], report["processed"], report["new"], report["changed"]) == (3, 3, 0, 0)
+    docs = [d for d in stored(dataset).values() if d["status"] == "ok"]
+    assert {d["tag_definitions_hash"] for d in docs}.isdisjoint(first_hash)
+    assert pipeline.run_all("t")["processed"] == 0

@@ -178,22 +178,44 @@ def _entry_rows(entries: list[tuple[FileEntry, str]], dataset_id: str, version: 
     )
 
 
-def _load_state(store, dataset_id: str, version: str) -> dict[str, tuple[str, str, int]]:
-    """uri → (id, fingerprint, mtime in µs) of what the index holds; never the vectors."""
-    state: dict[str, tuple[str, str, int]] = {}
+def _load_state(
+    store, dataset_id: str, version: str, definitions_hash: str | None
+) -> dict[str, tuple[str, str, int, bool]]:
+    """uri → (id, fingerprint, mtime in µs, needs re-tagging) of what the index holds; never
+    the vectors. A successfully indexed file needs re-tagging when it was tagged from other tag
+    definitions than the current ones."""
+    state: dict[str, tuple[str, str, int, bool]] = {}
     if store.table_info(dataset_id) is None:
         return state
     for batch in store.iter_state(dataset_id, version):
         mt = batch.column("mtime").cast(pa.int64()).to_pylist()
-        for i, u, f, m in zip(
+        names = batch.schema.names
+        hashes = (
+            batch.column("tag_definitions_hash").to_pylist()
+            if "tag_definitions_hash" in names
+            else [definitions_hash] * batch.num_rows
+        )
+        for i, u, f, m, st, h in zip(
             batch.column("id").to_pylist(),
             batch.column("uri").to_pylist(),
             batch.column("fingerprint").to_pylist(),
             mt,
+            batch.column("status").to_pylist(),
+            hashes,
             strict=True,
         ):
-            state[u] = (i, f, m)
+            state[u] = (i, f, m, st == STATUS_OK and h != definitions_hash)
     return state
+
+
+def current_definitions_hash(dataset: DatasetSpec) -> str | None:
+    """Hash of the dataset's tag definitions (no model is loaded), None without definitions."""
+    path = dataset.tagger.get("definitions")
+    if not path or dataset.tagger.get("type") == "none":
+        return None
+    from imageindex.taggers.definitions import load_tag_definitions
+
+    return load_tag_definitions(path).hash
 
 
 def plan(
@@ -223,8 +245,8 @@ def plan(
     source = run.source()
     source.check_available()
 
-    state = _load_state(store, run.dataset.id, run.version)
-    counts = Counter(listed=0, new=0, changed=0, unchanged=0, deleted=0)
+    state = _load_state(store, run.dataset.id, run.version, current_definitions_hash(run.dataset))
+    counts = Counter(listed=0, new=0, changed=0, unchanged=0, deleted=0, retag=0)
     todo_uri = f"{run.run_dir}/todo.parquet"
     pending: list[tuple[FileEntry, str]] = []
     with staging.parquet_writer(todo_uri, MANIFEST_SCHEMA) as writer:
@@ -235,6 +257,8 @@ def plan(
                 change = "new"
             elif known[1] != entry.fingerprint or known[2] != int(round(entry.mtime * 1e6)):
                 change = "changed"
+            elif known[3]:
+                change = "retag"  # tag definitions changed since this file was tagged
             elif mode == "full":
                 change = "full"
             else:
@@ -242,7 +266,9 @@ def plan(
             if change is None:
                 counts["unchanged"] += 1
                 continue
-            counts[change if change != "full" else "unchanged"] += 1
+            counts[change if change in ("new", "changed", "retag") else "unchanged"] += 1
+            if change == "retag":
+                counts["unchanged"] += 1
             pending.append((entry, change))
             if len(pending) >= 10_000:
                 writer.write_table(_entry_rows(pending, run.dataset.id, run.version))
@@ -702,6 +728,7 @@ def finalize(
         "new": counts["new"],
         "changed": counts["changed"],
         "unchanged": counts["unchanged"],
+        "retag": counts.get("retag", 0),
         "deleted": 0,
         "to_delete": counts["deleted"],
         "processed": counts.get("to_process", 0),

@@ -44,4 +44,4 @@ def document_schema(dim: int) -> pa.Schema:
 
 
 #: Columns the planner reads to diff a listing against the index (never the vectors).
-STATE_COLUMNS = ["id", "uri", "fingerprint", "mtime", "size", "status"]
+STATE_COLUMNS = ["id", "uri", "fingerprint", "mtime", "size", "status", "tag_definitions_hash"]
