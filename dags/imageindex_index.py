@@ -35,6 +35,14 @@ def dataset_asset(dataset_id: str) -> Asset:
     return Asset(name=f"imageindex_{dataset_id}", uri=f"imageindex://datasets/{dataset_id}")
 
 
+def stage_args(ds: DatasetSpec, stage: str) -> dict:
+    """Per-stage Airflow settings from the registry (pools for paid APIs, queues for GPUs)."""
+    opts = dict(ds.tasks.get(stage, {}))
+    if "execution_timeout_s" in opts:
+        opts["execution_timeout"] = timedelta(seconds=opts.pop("execution_timeout_s"))
+    return opts
+
+
 def build_dag(ds: DatasetSpec):
     cfg = settings()
     asset = dataset_asset(ds.id)
@@ -78,7 +86,7 @@ def build_dag(ds: DatasetSpec):
         render_template_as_native_obj=True,
     )
     def index_dataset():
-        @task
+        @task(**stage_args(ds, "plan"))
         def plan() -> list[str]:
             """List the source, diff it against the index, write shard manifests.
 
@@ -97,20 +105,20 @@ def build_dag(ds: DatasetSpec):
 
         @task_group(group_id="shard")
         def shard(manifest: str):
-            @task
+            @task(**stage_args(ds, "preprocess"))
             def preprocess(manifest: str) -> dict:
                 """Decode, orient, convert and thumbnail every file; bad files get a reason."""
                 version = get_current_context()["params"]["version"]
                 return pipeline.preprocess(ds.id, version, manifest)
 
-            @task
+            @task(**stage_args(ds, "tag_embed"))
             def tag_embed(pre: dict) -> dict:
                 """One model pass per image gives its vector and its ai tags."""
                 version = get_current_context()["params"]["version"]
                 emb = pipeline.tag_embed(ds.id, version, pre["preprocessed"])
                 return {"pre": pre, "emb": emb}
 
-            @task
+            @task(**stage_args(ds, "upsert"))
             def upsert(stages: dict) -> dict:
                 """Write documents with deterministic ids; a retry overwrites, never duplicates."""
                 version = get_current_context()["params"]["version"]
@@ -120,7 +128,7 @@ def build_dag(ds: DatasetSpec):
 
             return upsert(tag_embed(preprocess(manifest)))
 
-        @task(trigger_rule="none_failed", outlets=[asset])
+        @task(trigger_rule="none_failed", outlets=[asset], **stage_args(ds, "finalize"))
         def finalize(shard_results) -> dict:
             """Delete removed files (guarded), optimize the store, report, emit the asset event."""
             ctx = get_current_context()

@@ -88,3 +88,27 @@ def test_missing_file_and_unknown_dataset(tmp_path):
         load_registry(p).get("b")
     with pytest.raises(RegistryError, match=r"no version 'v2' \(known versions: v1\)"):
         load_registry(p).get("a").version("v2")
+
+
+def test_task_settings_per_stage(tmp_path):
+    p = write(
+        tmp_path,
+        """
+datasets:
+  - id: a
+    versions: {v1: /x}
+    tasks:
+      tag_embed: {pool: dashscope, queue: gpu, retries: 5}
+      upsert: {pool: imageindex_upsert, execution_timeout_s: 600}
+""",
+    )
+    ds = load_registry(p).get("a")
+    assert ds.tasks["tag_embed"] == {"pool": "dashscope", "queue": "gpu", "retries": 5}
+    for body, field in [
+        ("    tasks: {embed: {pool: x}}\n", "tasks.embed"),
+        ("    tasks: {upsert: {priority: 3}}\n", "tasks.upsert"),
+        ("    tasks: {upsert: {retries: -1}}\n", "tasks.upsert.retries"),
+    ]:
+        bad = write(tmp_path, "datasets:\n  - id: a\n    versions: {v1: /x}\n" + body)
+        with pytest.raises(RegistryError, match=field.replace(".", r"\.")):
+            load_registry(bad)

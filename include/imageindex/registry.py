@@ -46,7 +46,10 @@ _DATASET_KEYS = {
     "s3_conn_id",
     "shard_size",
     "tags",
+    "tasks",
 }
+STAGES = ("plan", "preprocess", "tag_embed", "upsert", "finalize")
+_TASK_KEYS = {"pool", "pool_slots", "queue", "retries", "execution_timeout_s"}
 _DEFAULT_KEYS = {"store", "embedder", "tagger", "s3_conn_id", "fingerprint", "shard_size"}
 _FINGERPRINTS = {"stat", "sha256"}
 
@@ -75,6 +78,8 @@ class DatasetSpec:
     s3_conn_id: str | None = None
     shard_size: int | None = None
     tags: tuple[str, ...] = ()
+    #: Airflow settings per stage, e.g. {"tag_embed": {"pool": "dashscope", "queue": "gpu"}}
+    tasks: dict = field(default_factory=dict)
     base_dir: Path = Path(".")
 
     def version(self, name: str | None = None) -> VersionSpec:
@@ -234,6 +239,21 @@ def _parse_dataset(
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise err("tags", "must be a list of strings")
 
+    tasks = item.get("tasks") or {}
+    if not isinstance(tasks, dict):
+        raise err("tasks", f"must map stage names {list(STAGES)} to task settings")
+    for stage, opts in tasks.items():
+        if stage not in STAGES:
+            raise err(f"tasks.{stage}", f"unknown stage (valid: {list(STAGES)})")
+        if not isinstance(opts, dict) or set(opts) - _TASK_KEYS:
+            raise err(f"tasks.{stage}", f"settings must be among {sorted(_TASK_KEYS)}")
+        for key in ("pool_slots", "retries", "execution_timeout_s"):
+            if key in opts and (not isinstance(opts[key], int) or opts[key] < 0):
+                raise err(f"tasks.{stage}.{key}", "must be a non-negative integer")
+        for key in ("pool", "queue"):
+            if key in opts and not (isinstance(opts[key], str) and opts[key]):
+                raise err(f"tasks.{stage}.{key}", "must be a non-empty string")
+
     s3_conn_id = item.get("s3_conn_id", defaults.get("s3_conn_id"))
     description = item.get("description") or ""
     if not isinstance(description, str):
@@ -252,6 +272,7 @@ def _parse_dataset(
         s3_conn_id=s3_conn_id,
         shard_size=shard_size,
         tags=tuple(tags),
+        tasks=tasks,
         base_dir=base_dir,
     )
 

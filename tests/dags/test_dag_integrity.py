@@ -28,6 +28,8 @@ PROBE = textwrap.dedent(
             d.dag_id: {
                 "tags": sorted(d.tags),
                 "retries": [t.retries for t in d.tasks],
+                "pools": {t.task_id: t.pool for t in d.tasks},
+                "queues": {t.task_id: t.queue for t in d.tasks},
                 "tasks": sorted(t.task_id for t in d.tasks),
                 "schedule": str(getattr(d.timetable, "_expression", d.timetable)),
                 "params": sorted(d.params.keys()),
@@ -75,6 +77,8 @@ datasets:
   - id: bucket_photos
     versions: {v1: "s3://no-such-bucket/prefix/", v2: "s3://no-such-bucket/v2/"}
     tags: [team-vision]
+    tasks:
+      tag_embed: {pool: dashscope, queue: gpu}
 """
 
 
@@ -106,6 +110,9 @@ def test_dags_have_tags_retries_params_and_docs(tmp_path):
         assert d["params"] == ["mode", "shard_size", "version"]
         assert d["doc"]
     assert "0 0 * * *" in local["schedule"]
+    assert bucket["pools"]["shard.tag_embed"] == "dashscope"
+    assert bucket["queues"]["shard.tag_embed"] == "gpu"
+    assert bucket["pools"]["shard.preprocess"] == "default_pool"
 
 
 def test_broken_registry_is_an_import_error_naming_the_field(tmp_path):
