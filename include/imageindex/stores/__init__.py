@@ -8,7 +8,8 @@ from typing import Any
 from imageindex.errors import ConfigError
 from imageindex.stores.base import Filter, VectorStore, table_name
 
-STORE_TYPES = ("lancedb",)
+STORE_TYPES = ("lancedb", "opensearch")
+_OPENSEARCH_SCHEMES = ("opensearch://", "opensearchs://", "opensearch+conn://")
 #: What a ``store:`` spec may hold besides ``type`` and ``uri``.
 _OPTIONS = {
     "storage_options",
@@ -57,6 +58,12 @@ def open_store(uri: str | None = None, *, spec: dict | None = None) -> VectorSto
     from imageindex.stores.lancedb_store import LanceDBStore
 
     spec = dict(spec or {})
+    target = uri if uri is not None else spec.get("uri")
+    # The registry fills in type "lancedb" when none is given, so the URI scheme decides too.
+    if spec.get("type") == "opensearch" or str(target).startswith(_OPENSEARCH_SCHEMES):
+        from imageindex.stores.opensearch_store import from_uri
+
+        return from_uri(target, spec)
     kind = spec.pop("type", "lancedb")
     if kind not in STORE_TYPES:
         raise ConfigError(f"store type {kind!r} is not supported; valid types: {list(STORE_TYPES)}")

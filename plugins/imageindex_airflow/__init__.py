@@ -1,0 +1,1 @@
+"""Airflow glue for imageindex: hooks that hand the library ready-made clients."""
