@@ -42,3 +42,15 @@ class ImageError(ImageIndexError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class ProviderError(ImageIndexError):
+    """A hosted model service failed in a way no retry fixed (down, throttled too long, bad URL).
+
+    Per-file refusals are not raised: they come back as per-file errors (see
+    :class:`imageindex.embedders.base.ImageEmbeddings`).
+    """
+
+
+class AuthError(ProviderError):
+    """A hosted model service refused the credentials; the message names the Airflow connection."""

@@ -1,7 +1,8 @@
 """Embedders: images and texts into one vector space. ``get_embedder(spec)`` picks one.
 
 Importing this package needs only numpy; the model packages (the ``models`` extra) are imported
-when an embedder first runs.
+when an embedder first runs. Hosted embedders (``dashscope``, ``gme``) need the ``dashscope`` SDK
+and ``requests``, and read their credentials from an Airflow connection at the first request.
 """
 
 from __future__ import annotations
@@ -17,6 +18,28 @@ __all__ = ["Embedder", "ImageEmbeddings", "get_embedder", "clear_embedder_cache"
 #: spec["type"] -> allowed keys besides "type" (with their defaults)
 EMBEDDER_TYPES: dict[str, dict] = {
     "offline": {"batch_size": 32, "top_k_classes": 10, "backend": "onnx", "threads": None},
+    # Hosted models (the dashscope SDK / requests); credentials come from the Airflow connection.
+    # ``dimension`` and ``batch_size`` None: the model's default size and request limit.
+    "dashscope": {
+        "model": "tongyi-embedding-vision-plus",
+        "conn_id": "dashscope_default",
+        "dimension": None,
+        "concurrency": 5,
+        "batch_size": None,
+        "max_retries": 5,
+        "retry_base_delay": 1.0,
+        "timeout": 60.0,
+    },
+    "gme": {
+        "model": "gme-2b",
+        "conn_id": "gme_eas_default",
+        "dimension": None,
+        "concurrency": 5,
+        "batch_size": 8,
+        "max_retries": 5,
+        "retry_base_delay": 1.0,
+        "timeout": 60.0,
+    },
 }
 
 _lock = threading.Lock()
@@ -32,8 +55,9 @@ def _normalize(spec: dict | None) -> dict:
         )
     kind = spec.get("type", "offline")
     if kind not in EMBEDDER_TYPES:
+        # Registry order: the default (offline) first.
         raise ConfigError(
-            f"embedder type {kind!r} is unknown; valid types: {', '.join(sorted(EMBEDDER_TYPES))}"
+            f"embedder type {kind!r} is unknown; valid types: {', '.join(EMBEDDER_TYPES)}"
         )
     allowed = EMBEDDER_TYPES[kind]
     unknown = sorted(set(spec) - set(allowed) - {"type"})
@@ -64,11 +88,19 @@ def get_embedder(spec: dict | None = None) -> Embedder:
 
 
 def _build(full: dict) -> Embedder:
+    options = {k: v for k, v in full.items() if k != "type"}
     if full["type"] == "offline":
         from imageindex.embedders.offline import OfflineEmbedder
 
-        options = {k: v for k, v in full.items() if k != "type"}
         return OfflineEmbedder(**options)
+    if full["type"] == "dashscope":
+        from imageindex.embedders.dashscope import DashScopeEmbedder
+
+        return DashScopeEmbedder(**options)
+    if full["type"] == "gme":
+        from imageindex.embedders.gme import GmeEmbedder
+
+        return GmeEmbedder(**options)
     raise AssertionError(full["type"])  # _normalize rejected it already
 
 

@@ -16,13 +16,24 @@ class ImageEmbeddings:
     ``vectors`` is ``(n, dim)`` float32 with unit rows. ``class_probs`` is ``(n, n_classes)``
     softmax posteriors when the embedder is built on a classifier; taggers read it so that tagging
     needs no second forward pass.
+
+    ``errors`` is ``None`` when every image was embedded, else one entry per image: ``None`` for
+    an embedded image, a message for one the model refused or answered badly for (a hosted API's
+    400 for that image, no embedding in the reply, a malformed reply even after one retry). A
+    failed image's row of ``vectors`` is all zeros and must not be stored as a vector. Failures
+    that are not about one image (bad key, service down after all retries) are raised instead.
     """
 
     vectors: np.ndarray
     class_probs: np.ndarray | None = None
+    errors: list[str | None] | None = None
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
+
+    @property
+    def n_failed(self) -> int:
+        return sum(1 for e in self.errors or () if e)
 
 
 class Embedder(ABC):
@@ -33,10 +44,38 @@ class Embedder(ABC):
     dim: int
     #: Side of the square uint8 RGB input that ``embed_images`` expects.
     input_size: int = 224
+    #: True when the model wants the image file itself (hosted APIs take a JPEG, not pixels):
+    #: callers then pass the thumbnail JPEG bytes to :meth:`embed_jpegs` instead of decoding.
+    wants_jpeg: bool = False
 
     @abstractmethod
     def embed_images(self, images: Sequence) -> ImageEmbeddings:
         """Embed ``(input_size, input_size, 3)`` uint8 RGB arrays (or PIL images)."""
+
+    def embed_jpegs(self, jpegs: Sequence[bytes]) -> ImageEmbeddings:
+        """Embed encoded images (normally the 512-px thumbnail JPEGs), one row per input.
+
+        Per-image failures come back in :attr:`ImageEmbeddings.errors`, never raised. This default
+        decodes and calls :meth:`embed_images`, so every embedder accepts JPEGs; hosted embedders
+        (``wants_jpeg = True``) send the bytes as they are.
+        """
+        from imageindex.errors import ImageError
+        from imageindex.preprocess import load_model_input
+
+        arrays: list[np.ndarray] = []
+        errors: list[str | None] = []
+        for data in jpegs:
+            try:
+                arrays.append(load_model_input(data, self.input_size))
+                errors.append(None)
+            except ImageError as exc:
+                arrays.append(np.zeros((self.input_size, self.input_size, 3), np.uint8))
+                errors.append(str(exc))
+        out = self.embed_images(arrays)
+        if any(errors):
+            out.vectors[[i for i, e in enumerate(errors) if e]] = 0.0
+            out.errors = [e or o for e, o in zip(errors, out.errors or errors, strict=True)]
+        return out
 
     @abstractmethod
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:

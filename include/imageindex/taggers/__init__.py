@@ -1,4 +1,5 @@
-"""Taggers turn one batch's embeddings into tags. ``get_tagger(spec, embedder)`` picks one."""
+"""Taggers turn one batch of images (their embeddings, or for hosted taggers the thumbnails) into
+tags. ``get_tagger(spec, embedder)`` picks one."""
 
 from __future__ import annotations
 
@@ -27,6 +28,16 @@ __all__ = [
 TAGGER_TYPES: dict[str, tuple[str, ...]] = {
     "offline": ("definitions", "class_threshold", "max_classes", "definition_threshold"),
     "none": (),
+    # Qwen-VL on DashScope looks at each thumbnail; ``definitions`` is required.
+    "qwen_vl": (
+        "definitions",
+        "model",
+        "conn_id",
+        "concurrency",
+        "max_retries",
+        "retry_base_delay",
+        "timeout",
+    ),
 }
 
 
@@ -34,7 +45,9 @@ def get_tagger(spec: dict | None, embedder: Embedder, *, base_dir: Path | None =
     """The tagger for a registry spec, e.g. ``{"type": "offline", "definitions": "tags/x.json"}``.
 
     A relative ``definitions`` path is resolved against ``base_dir`` (the registry's folder),
-    else the working directory. ``{"type": "none"}`` tags nothing.
+    else the working directory. ``{"type": "none"}`` tags nothing. ``{"type": "qwen_vl",
+    "model": "qwen-vl-max", "conn_id": "dashscope_default", "definitions": ...}`` asks Qwen-VL on
+    DashScope about each thumbnail.
     """
     spec = {"type": "offline"} if spec is None else spec
     if not isinstance(spec, dict):
@@ -54,16 +67,30 @@ def get_tagger(spec: dict | None, embedder: Embedder, *, base_dir: Path | None =
     if kind == "none":
         return NullTagger()
 
+    definitions = _definitions(spec.get("definitions"), base_dir)
+    if kind == "qwen_vl":
+        from imageindex.taggers.qwen_vl import QwenVLTagger
+
+        if definitions is None:
+            raise ConfigError(
+                "tagger 'qwen_vl' needs 'definitions': the path of a tag definitions file "
+                "(guide prompt and tag name -> description)"
+            )
+        options = {k: spec[k] for k in TAGGER_TYPES["qwen_vl"][1:] if k in spec}
+        return QwenVLTagger(definitions, **options)
+
     from imageindex.taggers.offline import OfflineTagger
 
-    definitions = None
-    raw_path = spec.get("definitions")
-    if raw_path not in (None, ""):
-        if not isinstance(raw_path, str | Path):
-            raise ConfigError(f"tagger definitions must be a file path, got {raw_path!r}")
-        path = Path(raw_path).expanduser()
-        if not path.is_absolute() and base_dir is not None:
-            path = Path(base_dir) / path
-        definitions = load_tag_definitions(path)
     options = {k: spec[k] for k in TAGGER_TYPES["offline"][1:] if k in spec}
     return OfflineTagger(embedder, definitions, **options)
+
+
+def _definitions(raw_path: object, base_dir: Path | None) -> TagDefinitions | None:
+    if raw_path in (None, ""):
+        return None
+    if not isinstance(raw_path, str | Path):
+        raise ConfigError(f"tagger definitions must be a file path, got {raw_path!r}")
+    path = Path(raw_path).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    return load_tag_definitions(path)
