@@ -449,6 +449,7 @@ def tag_embed(
     size = getattr(embedder, "input_size", 224)
     model_seconds = 0.0
     # Hosted models take the thumbnail JPEG itself; local models take decoded arrays.
+    stats_before = _provider_stats(embedder, tagger)
     jpeg_embedder = getattr(embedder, "wants_jpeg", False)
     jpeg_tagger = getattr(tagger, "wants_jpeg", False)
     # Decode the next batch while the model runs on this one.
@@ -507,6 +508,7 @@ def tag_embed(
     staging.write_parquet(out_uri, feats)
     seconds = time.perf_counter() - t0
     return {
+        "providers": _stats_delta(stats_before, _provider_stats(embedder, tagger)),
         "features": out_uri,
         "preprocessed": preprocessed_uri,
         "embedded": n - sum(1 for e in errors if e),
@@ -738,6 +740,11 @@ def finalize(
         "seconds": dict(stage_seconds or {}),
     }
     if shard_results:
+        providers: dict[str, Counter] = {}
+        for r in shard_results:
+            for key, counts in (r.get("providers") or {}).items():
+                providers.setdefault(key, Counter()).update(counts)
+        report["providers"] = {k: dict(v) for k, v in providers.items()}
         secs = Counter()
         for r in shard_results:
             for stage, s in (r.get("seconds") or {}).items():
@@ -822,9 +829,28 @@ def run_shard(dataset_id: str, version: str, manifest_uri: str, registry_path=No
     return shard_summary(a, b, c)
 
 
+def _provider_stats(embedder, tagger) -> dict[str, dict[str, int]]:
+    """Request/retry/throttle/failure counters of hosted models (offline models have none)."""
+    out = {}
+    for role, model in (("embedder", embedder), ("tagger", tagger)):
+        stats = getattr(model, "stats", None)
+        if isinstance(stats, dict) and stats:
+            out[f"{role}:{model.name}"] = {k: int(v) for k, v in stats.items()}
+    return out
+
+
+def _stats_delta(before: dict, after: dict) -> dict:
+    # Models are cached per worker process, so their counters span tasks: report this task's.
+    return {
+        key: {k: v - before.get(key, {}).get(k, 0) for k, v in counts.items()}
+        for key, counts in after.items()
+    }
+
+
 def shard_summary(pre: dict, emb: dict, ups: dict) -> dict:
     """What finalize needs from one shard: counts and seconds per stage (XCom-sized)."""
     return {
+        "providers": emb.get("providers", {}),
         "files": pre["files"],
         "ok": ups["ok"],
         "failed": ups["failed"],
