@@ -49,10 +49,16 @@ T = TypeVar("T")
 META_MODEL = b"imageindex.model"
 META_DIM = b"imageindex.dim"
 PRIMARY_KEY = b"lance-schema:unenforced-primary-key"
-#: IVF partition size of the vector index. LanceDB's default (sqrt(n) partitions, or one huge
-#: partition for HNSW) gave recall@10 of 0.35-0.74 on 100k x 384 clustered vectors; 12.5k rows
-#: per partition with ef=150 and refine_factor=2 gave 0.99-1.0 (bench/bench_store.py).
-ROWS_PER_PARTITION = 12_500
+
+
+#: IVF partitions of the vector index. LanceDB's default (sqrt(n) partitions, or one huge
+#: partition for HNSW) gave recall@10 of 0.35-0.74 on 100k x 384 clustered vectors. 12.5k rows
+#: per partition gave 0.99-1.0 at 100k but only 0.64 at 1M (80 partitions, 20 probed);
+#: n**0.3 / 4 partitions (8 at 100k, 16 at 1M, 31 at 10M) kept filtered recall@10 at 1.0 at
+#: 1M with p50 65 ms (bench/bench_store.py; numbers in the notes of the search issue).
+def vector_index_partitions(rows: int) -> int:
+    return max(1, round(rows**0.3 / 4))
+
 
 #: Columns a search hit is built from (never the vector).
 HIT_COLUMNS = [
@@ -201,7 +207,7 @@ class LanceDBStore(VectorStore):
 
     ``index_min_rows``: a vector index is built once a table has this many rows; below it the
     flat (exact) search is fast enough. ``index_partitions``: IVF partitions of that index
-    (None = one per ``ROWS_PER_PARTITION`` rows). ``ef``, ``refine_factor``, ``nprobes``: how
+    (None = :func:`vector_index_partitions`). ``ef``, ``refine_factor``, ``nprobes``: how
     hard an indexed search looks (None = LanceDB's default). ``file_lock``: serialize writers
     with an fcntl lock (local stores only; default on for them). ``exact_search_min_rows``: with
     an index, a filter matching fewer rows than ``max(exact_search_min_rows, 20 * top_k)`` is
@@ -744,7 +750,7 @@ class LanceDBStore(VectorStore):
                         created.append(f"{column}:{config.__name__}")
             vector_index = ("vector",) in have
             if not vector_index and rows >= self.index_min_rows:
-                partitions = self.index_partitions or max(1, rows // ROWS_PER_PARTITION)
+                partitions = self.index_partitions or vector_index_partitions(rows)
                 tbl.create_index(
                     "vector", config=HnswSq(distance_type="cosine", num_partitions=partitions)
                 )
