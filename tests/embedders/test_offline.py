@@ -67,10 +67,15 @@ def load_224(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model_cache(tmp_path_factory) -> Path:
+    from imageindex.embedders import clear_embedder_cache
+
     path = tmp_path_factory.getbasetemp() / "imageindex-model-cache"
+    # Another test module may already hold an embedder built over another cache folder.
+    clear_embedder_cache()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMAGEINDEX_MODEL_CACHE", str(path))
         yield path
+    clear_embedder_cache()
 
 
 @pytest.fixture(scope="module")
