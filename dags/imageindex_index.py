@@ -22,10 +22,11 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task, task_group
+from airflow.sdk.exceptions import AirflowFailException
 
 from imageindex import pipeline
 from imageindex.config import settings
-from imageindex.errors import RegistryError
+from imageindex.errors import AuthError, RegistryError
 from imageindex.registry import DatasetSpec, load_registry
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,11 @@ def build_dag(ds: DatasetSpec):
             def tag_embed(pre: dict) -> dict:
                 """One model pass per image gives its vector and its ai tags."""
                 version = get_current_context()["params"]["version"]
-                emb = pipeline.tag_embed(ds.id, version, pre["preprocessed"])
+                try:
+                    emb = pipeline.tag_embed(ds.id, version, pre["preprocessed"])
+                except AuthError as exc:
+                    # A rejected key stays rejected: retrying would only repeat paid requests.
+                    raise AirflowFailException(str(exc)) from None
                 return {"pre": pre, "emb": emb}
 
             @task(**stage_args(ds, "upsert"))

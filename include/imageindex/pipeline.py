@@ -742,8 +742,8 @@ def finalize(
     if shard_results:
         providers: dict[str, Counter] = {}
         for r in shard_results:
-            for key, counts in (r.get("providers") or {}).items():
-                providers.setdefault(key, Counter()).update(counts)
+            for key, stats in (r.get("providers") or {}).items():
+                providers.setdefault(key, Counter()).update(stats)
         report["providers"] = {k: dict(v) for k, v in providers.items()}
         secs = Counter()
         for r in shard_results:
