@@ -1,0 +1,516 @@
+"""The plugin's REST API in-process (FastAPI TestClient) on a small real index: offline models,
+LanceDB, staging thumbnails, and Airflow's SimpleAuthManager issuing and checking the JWTs."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from imagezoo import make_photo
+from PIL import Image
+
+from imageindex import pipeline
+from imageindex.search import MAX_UPLOAD_BYTES
+
+REPO = Path(__file__).resolve().parents[2]
+PLUGINS = REPO / "plugins"
+PHOTOS = ["a/p0.jpg", "a/p1.jpg", "b/p2.png", "b/p3.jpg", "b/c/p4.jpg"]
+SIMPLE_AUTH = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+
+
+@dataclass
+class Env:
+    tmp: Path
+    src: Path
+    registry: Path
+    client: object
+    tokens: dict[str, str]
+
+    def auth(self, who: str = "admin") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[who]}"}
+
+    def get(self, path: str, who: str = "admin", headers: dict | None = None, **kw):
+        return self.client.get(path, headers={**self.auth(who), **(headers or {})}, **kw)
+
+    def post(self, path: str, who: str = "admin", **kw):
+        return self.client.post(path, headers=self.auth(who), **kw)
+
+    def delete(self, path: str, who: str = "admin", **kw):
+        return self.client.request("DELETE", path, headers=self.auth(who), **kw)
+
+    def search(self, who: str = "admin", dataset: str = "t", **body):
+        return self.post(f"/datasets/{dataset}/search", who, json=body)
+
+    def ids(self) -> dict[str, str]:
+        """file name -> document id."""
+        hits = self.search(top_k=100).json()["hits"]
+        return {h["file_name"]: h["id"] for h in hits}
+
+
+def _registry(tmp: Path, src: Path) -> str:
+    tags = REPO / "config" / "tags" / "samples.json"
+    return f"""
+datasets:
+  - id: t
+    description: generated photos
+    versions:
+      v1: {{source: {src}}}
+    store: {{uri: {tmp / "store"}}}
+    tagger: {{type: offline, definitions: {tags}}}
+  - id: empty
+    versions:
+      v1: {{source: {tmp / "empty-src"}}}
+    store: {{uri: {tmp / "store"}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Five photos indexed into dataset ``t``; ``empty`` is registered but never indexed."""
+    tmp = tmp_path_factory.mktemp("plugin-api")
+    src = tmp / "src"
+    for seed, rel in enumerate(PHOTOS):
+        make_photo(src / rel, seed=seed, fmt="PNG" if rel.endswith(".png") else "JPEG")
+    make_photo(tmp / "empty-src" / "x.jpg")
+    registry = tmp / "registry.yaml"
+    registry.write_text(_registry(tmp, src), encoding="utf-8")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMAGEINDEX_HOME", str(tmp / "home"))
+        mp.setenv("IMAGEINDEX_REGISTRY", str(registry))
+        mp.delenv("IMAGEINDEX_STAGING", raising=False)
+        mp.delenv("IMAGEINDEX_STORE", raising=False)
+        mp.setenv("AIRFLOW__CORE__AUTH_MANAGER", SIMPLE_AUTH)
+        mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,viewer:viewer")
+        mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(tmp / "passwords.json"))
+        mp.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "imageindex-plugin-tests-" + "s" * 48)
+        mp.syspath_prepend(str(PLUGINS))
+
+        from airflow.api_fastapi.app import init_auth_manager, purge_cached_app
+        from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+        from airflow.models.revoked_token import RevokedToken
+        from fastapi.testclient import TestClient
+
+        # Revocation is looked up in the metadata DB, which these tests do not create;
+        # test_api_server.py covers the real path.
+        mp.setattr(RevokedToken, "is_revoked", classmethod(lambda cls, jti, session=None: False))
+
+        report = pipeline.run_all("t", shard_size=2)
+        assert report["indexed_ok"] == len(PHOTOS), report
+
+        purge_cached_app()
+        manager = init_auth_manager()
+        tokens = {
+            role: manager.generate_jwt(SimpleAuthManagerUser(username=role, role=role))
+            for role in ("admin", "viewer")
+        }
+        tokens["nobody"] = manager.generate_jwt(SimpleAuthManagerUser(username="x", role=None))
+        from imageindex_airflow.api import app
+
+        with TestClient(app) as client:
+            yield Env(tmp, src, registry, client, tokens)
+        purge_cached_app()
+
+
+def _png(size=(64, 48), colour=(200, 30, 30)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, "PNG")
+    return out.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# authentication and access
+
+
+ROUTES = [
+    ("GET", "/datasets"),
+    ("GET", "/datasets/t"),
+    ("POST", "/datasets/t/search"),
+    ("POST", "/datasets/t/search/image"),
+    ("GET", "/datasets/t/files/" + "0" * 32),
+    ("GET", "/datasets/t/files/" + "0" * 32 + "/thumbnail"),
+    ("GET", "/datasets/t/files/" + "0" * 32 + "/original"),
+    ("POST", "/datasets/t/files/" + "0" * 32 + "/tags"),
+    ("DELETE", "/datasets/t/files/" + "0" * 32 + "/tags"),
+    ("POST", "/datasets/t/tags"),
+    ("DELETE", "/datasets/t/tags"),
+    ("POST", "/datasets/t/export"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/ui/app.js"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_every_route_needs_an_airflow_token(env, method, path):
+    response = env.client.request(method, path, json={"tags": ["x"]})
+    assert response.status_code == 401, response.text
+    # Airflow answers an invalid token with 403; the page's files simply ask for a login.
+    forged = {"Authorization": "Bearer not.a.jwt"}
+    expected = 401 if path.startswith("/ui/") else 403
+    assert env.client.request(method, path, headers=forged).status_code == expected
+
+
+def test_the_page_sends_strangers_to_the_airflow_login(env):
+    response = env.client.get("/ui/", follow_redirects=False)
+    assert response.status_code == 307
+    assert response.headers["location"].startswith("/auth/login?next=")
+
+    page = env.get("/ui/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "frame-ancestors 'self'" in page.headers["content-security-policy"]
+    assert env.get("/ui/app.js").headers["content-type"].startswith("text/javascript")
+    assert env.get("/ui/app.css").status_code == 200
+    assert env.get("/ui/registry.yaml").status_code == 404
+    assert env.get("/ui/..%2Fapi.py").status_code == 404
+
+
+def test_the_ui_login_cookie_works_like_a_bearer_token(env):
+    env.client.cookies.set("_token", env.tokens["viewer"])
+    try:
+        response = env.client.get("/datasets")
+    finally:
+        env.client.cookies.clear()
+    assert response.status_code == 200
+    assert [d["id"] for d in response.json()["datasets"]] == ["t", "empty"]
+
+
+def test_access_follows_the_dataset_dag_permissions(env):
+    # No role: no DAG may be read, so no dataset either.
+    assert env.get("/datasets", "nobody").json() == {"datasets": []}
+    assert env.search("nobody", text="x").status_code == 403
+    # Viewers read and search but may not edit user tags.
+    viewer = env.get("/datasets", "viewer").json()["datasets"]
+    assert [d["can_edit"] for d in viewer] == [False, False]
+    doc = next(iter(env.ids().values()))
+    denied = env.post(f"/datasets/t/files/{doc}/tags", "viewer", json={"tags": ["x"]})
+    assert denied.status_code == 403 and "imageindex_t" in denied.json()["detail"]
+
+
+# --------------------------------------------------------------------------------------------
+# datasets and search
+
+
+def test_datasets_list_counts_and_the_last_run(env):
+    datasets = {d["id"]: d for d in env.get("/datasets").json()["datasets"]}
+    t = datasets["t"]
+    assert t["dag_id"] == "imageindex_t" and t["can_edit"] is True
+    (v1,) = t["versions"]
+    assert (v1["indexed"], v1["ok"], v1["failed"], v1["current"]) == (5, 5, 0, True)
+    assert v1["source"] == env.src.as_uri()
+    assert v1["last_run"]["listed"] == 5 and v1["last_run"]["finished_at"]
+    assert "Animal" in t["tag_names"]
+    assert datasets["empty"]["versions"][0]["indexed"] == 0
+    assert datasets["empty"]["versions"][0]["last_run"] is None
+    assert env.get("/datasets/t").json()["versions"][0]["ok"] == 5
+
+
+def test_text_search_ranks_hits_with_scores_tags_and_links(env):
+    body = env.search(text="a photo", top_k=3).json()
+    assert body["ranked"] is True and body["version"] == "v1"
+    hits = body["hits"]
+    assert len(hits) == 3 and body["next_cursor"]
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert set(hits[0]["tags"]) == {"ai", "user"}
+    assert hits[0]["thumbnail_url"] == f"/datasets/t/files/{hits[0]['id']}/thumbnail"
+    more = env.search(text="a photo", top_k=3, cursor=body["next_cursor"]).json()
+    assert {h["id"] for h in more["hits"]}.isdisjoint(h["id"] for h in hits)
+    assert len(hits) + len(more["hits"]) == 5
+
+
+def test_filter_only_search_pages_through_everything_in_order(env):
+    seen, cursor = [], None
+    for _ in range(5):
+        body = env.search(top_k=2, cursor=cursor, sort="file_name").json()
+        assert body["ranked"] is False
+        seen += [h["file_name"] for h in body["hits"]]
+        cursor = body["next_cursor"]
+        if not cursor:
+            break
+    assert seen == sorted(Path(p).name for p in PHOTOS)
+
+
+def test_metadata_filters(env):
+    names = lambda **b: sorted(h["file_name"] for h in env.search(top_k=50, **b).json()["hits"])  # noqa: E731
+    assert names(path_prefix=(env.src / "b").as_uri() + "/") == ["p2.png", "p3.jpg", "p4.jpg"]
+    assert names(file_name="P1") == ["p1.jpg"]
+    assert names(dsl="format=PNG") == ["p2.png"]
+    assert len(names(mtime_from="2000-01-01", mtime_to="2999-12-31")) == 5
+    assert names(mtime_to="2000-01-01") == []
+
+
+def test_query_language_errors_are_400_with_the_column(env):
+    response = env.search(dsl="tags:cat AND heigth > 3")
+    assert response.status_code == 400
+    body = response.json()
+    assert body["column"] == 14 and body["line"] == 1
+    assert "unknown field 'heigth'" in body["detail"] and "height" in body["detail"]
+
+    response = env.search(dsl="tags:cat AND (width > 3")
+    assert response.status_code == 400 and response.json()["column"] is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"top_k": 0}, 400, "top_k must be between 1 and 1000"),
+        ({"text": "x", "score_threshold": 2}, 400, "score_threshold must be between"),
+        ({"version": "v9"}, 400, "no version 'v9'"),
+        ({"text": "x", "image_uri": "file:///x.jpg"}, 400, "give one query"),
+        ({"image_uri": "file:///etc/passwd"}, 400, "is not an indexed image"),
+        ({"cursor": "garbage"}, 400, "cursor"),
+        ({"sort": "color"}, 400, "sort"),
+        ({"mtime_from": "yesterday"}, 400, "mtime"),
+        ({"unknown": 1}, 422, "unknown"),
+    ],
+)
+def test_bad_requests_say_what_to_fix(env, body, status, message):
+    response = env.search(**body)
+    assert response.status_code == status, response.text
+    assert message in str(response.json()["detail"])
+
+
+def test_unknown_dataset_and_document_are_404(env):
+    assert env.search(dataset="nope").status_code == 404
+    assert env.get("/datasets/nope").status_code == 404
+    assert env.get("/datasets/t/files/" + "f" * 32).status_code == 404
+    assert env.get("/datasets/t/files/not-an-id").status_code == 422
+    assert env.get("/datasets/..%2Fx/files/" + "f" * 32).status_code in (404, 422)
+
+
+def test_a_dataset_not_indexed_yet_says_how_to_index_it(env):
+    response = env.search(dataset="empty", text="x")
+    assert response.status_code == 404
+    assert "trigger the imageindex_empty DAG" in response.json()["detail"]
+
+
+def test_find_similar_to_an_indexed_image(env):
+    uri = (env.src / "b" / "p3.jpg").as_uri()
+    hits = env.search(image_uri=uri, top_k=2).json()["hits"]
+    assert hits[0]["uri"] == uri and hits[0]["score"] > 0.99
+
+
+# --------------------------------------------------------------------------------------------
+# upload
+
+
+def _upload(env, data: bytes, name="q.png", request: str | None = None, **kw):
+    files = {"file": (name, data, "application/octet-stream")}
+    form = {"request": request} if request is not None else None
+    return env.post("/datasets/t/search/image", files=files, data=form, **kw)
+
+
+def test_search_by_an_uploaded_image(env):
+    data = (env.src / "b" / "p2.png").read_bytes()
+    request = json.dumps({"top_k": 2, "path_prefix": env.src.as_uri()})
+    response = _upload(env, data, request=request)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["ranked"] is True and len(body["hits"]) == 2
+    assert body["hits"][0]["file_name"] == "p2.png" and body["hits"][0]["score"] > 0.99
+
+
+@pytest.mark.parametrize(
+    ("data", "request_field", "status", "message"),
+    [
+        (b"GIF89a" + b"\0" * (20 * 2**20), None, 413, "larger than 20 MiB"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", None, 415, "not a supported image"),
+        (b"%PDF-1.7 ...", None, 415, "JPEG, PNG, WebP, GIF, BMP or TIFF"),
+        (b"\x89PNG\r\n\x1a\n broken", None, 400, "cannot be used as a query image"),
+        (_png(), "[1, 2]", 400, "JSON object"),
+        (_png(), '{"text": "a cat"}', 400, "give one query"),
+        (_png(), '{"top_k": "many"}', 422, "top_k"),
+    ],
+)
+def test_uploads_are_limited_in_size_and_type(env, data, request_field, status, message):
+    response = _upload(env, data, request=request_field)
+    assert response.status_code == status, response.text
+    assert message in str(response.json()["detail"])
+
+
+def test_an_upload_needs_a_file_field(env):
+    response = env.post("/datasets/t/search/image", files={"other": ("a", b"x")})
+    assert response.status_code == 400 and "'file'" in response.json()["detail"]
+    response = env.post("/datasets/t/search/image", json={"text": "x"})
+    assert response.status_code == 415
+
+
+def test_oversized_uploads_are_refused_without_reading_them_whole(env):
+    multipart = {**env.auth(), "Content-Type": "multipart/form-data; boundary=x"}
+    declared = {**multipart, "Content-Length": str(50 * 2**20)}
+    response = env.client.post("/datasets/t/search/image", headers=declared, content=b"--x--")
+    assert response.status_code == 413
+
+    def chunked():  # no Content-Length: the stream itself is cut off
+        yield b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.gif"\r\n\r\nGIF89a'
+        for _ in range(30):
+            yield b"\0" * 2**20
+        yield b"\r\n--x--\r\n"
+
+    response = env.client.post("/datasets/t/search/image", headers=multipart, content=chunked())
+    assert response.status_code == 413
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+
+def test_document_thumbnail_and_original(env):
+    doc_id = env.ids()["p2.png"]
+    doc = env.get(f"/datasets/t/files/{doc_id}").json()
+    assert doc["uri"] == (env.src / "b" / "p2.png").as_uri()
+    assert doc["status"] == "ok" and doc["format"] == "PNG" and "vector" not in doc
+    assert isinstance(doc["mtime"], float) and isinstance(doc["tags_detail"], list)
+
+    thumb = env.get(doc["thumbnail_url"])
+    assert thumb.status_code == 200
+    assert thumb.headers["content-type"] == "image/jpeg"
+    assert thumb.headers["x-content-type-options"] == "nosniff"
+    assert Image.open(io.BytesIO(thumb.content)).format == "JPEG"
+    cached = env.get(doc["thumbnail_url"], headers={"If-None-Match": thumb.headers["etag"]})
+    assert cached.status_code == 304 and not cached.content
+
+    original = env.get(doc["original_url"])
+    assert original.status_code == 200
+    assert original.headers["content-type"] == "image/png"
+    assert original.content == (env.src / "b" / "p2.png").read_bytes()
+
+
+def test_an_original_that_is_not_an_image_is_only_downloaded(env, tmp_path):
+    path = env.src / "a" / "p0.jpg"
+    saved = path.read_bytes()
+    try:
+        path.write_bytes(b"<html><script>alert(1)</script></html>")
+        response = env.get(f"/datasets/t/files/{env.ids()['p0.jpg']}/original")
+    finally:
+        path.write_bytes(saved)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["content-disposition"].startswith("attachment")
+
+
+def test_files_outside_the_source_or_staging_are_refused(env, monkeypatch, tmp_path):
+    doc_id = env.ids()["p1.jpg"]
+    # The registry now points v1 elsewhere: the indexed uri is outside the version's source.
+    moved = tmp_path / "registry.yaml"
+    moved.write_text(_registry(env.tmp, tmp_path / "elsewhere"), encoding="utf-8")
+    monkeypatch.setenv("IMAGEINDEX_REGISTRY", str(moved))
+    response = env.get(f"/datasets/t/files/{doc_id}/original")
+    assert response.status_code == 403 and "outside the source" in response.json()["detail"]
+    monkeypatch.setenv("IMAGEINDEX_REGISTRY", str(env.registry))
+    # Another staging root: the stored thumbnail uri is outside this dataset's thumbnails.
+    monkeypatch.setenv("IMAGEINDEX_STAGING", str(tmp_path / "other-staging"))
+    response = env.get(f"/datasets/t/files/{doc_id}/thumbnail")
+    assert response.status_code == 403 and "outside" in response.json()["detail"]
+
+
+# --------------------------------------------------------------------------------------------
+# user tags
+
+
+def test_user_tags_are_added_removed_and_kept_apart_from_ai_tags(env):
+    ids = env.ids()
+    one = ids["p1.jpg"]
+    ai_before = env.get(f"/datasets/t/files/{one}").json()["tags"]["ai"]
+    response = env.post(f"/datasets/t/files/{one}/tags", json={"tags": ["keep", " keep ", ""]})
+    assert response.status_code == 200 and response.json()["changed"] == 1
+    tags = env.get(f"/datasets/t/files/{one}").json()["tags"]
+    assert tags == {"ai": ai_before, "user": ["keep"]}
+    hits = env.search(tags_any=["keep"]).json()["hits"]
+    assert [h["id"] for h in hits] == [one]
+    assert env.search(dsl="tags.user:keep").json()["hits"][0]["id"] == one
+
+    both = [ids["p3.jpg"], ids["p4.jpg"]]
+    response = env.post("/datasets/t/tags", json={"ids": both, "tags": ["pair"]})
+    assert response.json()["changed"] == 2
+    found = env.search(tags_all=["pair"], tags_exclude=["keep"], top_k=10).json()["hits"]
+    assert sorted(h["id"] for h in found) == sorted(both)
+    response = env.delete("/datasets/t/tags", json={"ids": both, "tags": ["pair"]})
+    assert response.json()["changed"] == 2
+    assert env.search(tags_any=["pair"]).json()["hits"] == []
+
+    response = env.delete(f"/datasets/t/files/{one}/tags", json={"tags": ["keep"]})
+    assert response.json()["documents"][0]["tags"]["user"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"tags": []}, 400),
+        ({"tags": ["x" * 101]}, 400),
+        ({"tags": ["bad\nline"]}, 400),
+        ({"tags": [str(i) for i in range(51)]}, 400),
+        ({"tag": "x"}, 422),
+    ],
+)
+def test_bad_tag_edits_are_refused(env, body, status):
+    doc = next(iter(env.ids().values()))
+    assert env.post(f"/datasets/t/files/{doc}/tags", json=body).status_code == status
+
+
+def test_bulk_tag_edits_check_every_id(env):
+    doc = next(iter(env.ids().values()))
+    response = env.post("/datasets/t/tags", json={"ids": [doc, "f" * 32], "tags": ["x"]})
+    assert response.status_code == 404
+    assert "x" not in env.get(f"/datasets/t/files/{doc}").json()["tags"]["user"]
+    response = env.post("/datasets/t/tags", json={"ids": ["../x"], "tags": ["x"]})
+    assert response.status_code == 400
+
+
+def test_user_tags_survive_a_full_reindex(env):
+    doc = env.ids()["p0.jpg"]
+    env.post(f"/datasets/t/files/{doc}/tags", json={"tags": ["reviewed"]})
+    report = pipeline.run_all("t", mode="full")
+    assert report["processed"] == len(PHOTOS)
+    assert env.get(f"/datasets/t/files/{doc}").json()["tags"]["user"] == ["reviewed"]
+    env.delete(f"/datasets/t/files/{doc}/tags", json={"tags": ["reviewed"]})
+
+
+# --------------------------------------------------------------------------------------------
+# the rest
+
+
+def test_export_is_501_until_the_export_library_exists(env):
+    response = env.post("/datasets/t/export", json={"ids": []})
+    assert response.status_code == 501
+    assert "not available yet" in response.json()["detail"]
+
+
+def test_openapi_schema_lists_the_endpoints(env):
+    schema = env.get("/openapi.json").json()
+    assert {
+        "/datasets",
+        "/datasets/{dataset_id}/search",
+        "/datasets/{dataset_id}/search/image",
+        "/datasets/{dataset_id}/files/{doc_id}",
+        "/datasets/{dataset_id}/files/{doc_id}/thumbnail",
+        "/datasets/{dataset_id}/files/{doc_id}/original",
+        "/datasets/{dataset_id}/files/{doc_id}/tags",
+        "/datasets/{dataset_id}/export",
+    } <= set(schema["paths"])
+    assert "HTTPBearer" in schema["components"]["securitySchemes"]
+    upload = schema["paths"]["/datasets/{dataset_id}/search/image"]["post"]["requestBody"]
+    assert "multipart/form-data" in upload["content"]
+
+
+def test_plugin_registers_the_app_and_a_nav_view():
+    from airflow.api_fastapi.core_api.datamodels.plugins import ExternalViewResponse
+
+    spec = importlib.util.spec_from_file_location(
+        "imageindex_plugin_probe", PLUGINS / "imageindex_airflow" / "plugin.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(PLUGINS))
+        spec.loader.exec_module(module)
+    plugin = module.ImageIndexPlugin
+    (app,) = plugin.fastapi_apps
+    assert app["url_prefix"] == "/imageindex" and app["name"] == "imageindex"
+    (view,) = plugin.external_views
+    ExternalViewResponse.model_validate(view)
+    assert view["href"] == "/imageindex/ui/" and view["destination"] == "nav"
+    assert sys.modules["imageindex_airflow.api"].MAX_UPLOAD_BYTES == MAX_UPLOAD_BYTES

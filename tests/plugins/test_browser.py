@@ -1,0 +1,180 @@
+"""The View Data page in a real browser, inside the real Airflow UI: log in through Airflow's
+login page, open the nav entry, search by text, by upload and by tag, shift-select a range, see
+a query-language error next to its box, open the large view and add a user tag there.
+
+Uses Debian's Chromium (``apt-get install chromium``) through Playwright's Python package
+(``pip install playwright``, no browser download); skipped when either is missing. Screenshots
+go to test-output/browser/.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .test_api_server import api_server, login
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "browser"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)"
+    ),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-extensions",
+    "--disable-sync",
+    "--no-first-run",
+    "--no-default-browser-check",
+]
+
+
+def our_frame(page):
+    # The Airflow page mirrors the iframe's path in its own URL; ours is the one we serve.
+    return page.frame(url=re.compile(r"^http://[^/]+/imageindex/ui/"))
+
+
+def wait_for_thumbnails(page) -> None:
+    # Locator polling, not wait_for_function: the page's CSP forbids the eval that uses.
+    images = page.frame_locator("iframe[title='View Data']").locator(".card img")
+    for i in range(images.count()):
+        sync_api.expect(images.nth(i)).to_have_js_property("complete", True)
+        assert images.nth(i).evaluate("img => img.naturalWidth") > 0
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory):
+    var = tmp_path_factory.mktemp("browser")
+    with api_server(var) as (base, passwords):
+        token = login(base, "admin", passwords["admin"])
+        api = httpx.Client(
+            base_url=f"{base}/imageindex", headers={"Authorization": f"Bearer {token}"}
+        )
+        hits = api.post("/datasets/t/search", json={"top_k": 10}).json()["hits"]
+        ids = {h["file_name"]: h["id"] for h in hits}
+        for name in ("p0.jpg", "p2.jpg"):
+            api.post(f"/datasets/t/files/{ids[name]}/tags", json={"tags": ["favourite"]})
+        yield {"base": base, "password": passwords["admin"], "api": api, "ids": ids, "var": var}
+        api.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+def test_view_data_inside_the_airflow_ui(airflow, browser):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    expect = sync_api.expect
+    page = browser.new_page(viewport={"width": 1400, "height": 900}, color_scheme="light")
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    # Not logged in: Airflow's login page, then back to the View Data entry.
+    page.goto(f"{airflow['base']}/plugin/image-search")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", airflow["password"])
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/plugin/image-search")
+    view = page.frame_locator("iframe[title='View Data']")
+    cards = view.locator(".card")
+    expect(cards).to_have_count(3)
+    expect(view.locator("#dataset-info")).to_contain_text("3 indexed")
+    assert cards.first.locator("img").get_attribute("loading") == "lazy"
+    wait_for_thumbnails(page)
+    page.screenshot(path=SHOTS / "gallery-light.png")
+
+    # Text search: ranked, a score on every card.
+    view.locator("#text").fill("a colourful picture")
+    view.locator("#go").click()
+    # The server loads the model on its first text query.
+    expect(view.locator("#status")).to_contain_text("ranked by similarity", timeout=90_000)
+    expect(view.locator(".card .score")).to_have_count(3)
+
+    # Search by an uploaded image: the same photo comes first.
+    photo = airflow["var"] / "photos" / "b" / "p1.jpg"
+    view.locator("#image").set_input_files(str(photo))
+    expect(view.locator("#query-chip")).to_contain_text("Similar to p1.jpg")
+    expect(cards.first.locator(".name")).to_have_text("p1.jpg")
+
+    # Tag filter: only the two favourites.
+    view.locator("#reset-form").click()
+    expect(view.locator("#query-chip")).to_be_hidden()
+    view.locator("#tags-any input").fill("favourite")
+    view.locator("#tags-any input").press("Enter")
+    view.locator("#go").click()
+    expect(cards).to_have_count(2)
+    assert sorted(cards.locator(".name").all_inner_texts()) == ["p0.jpg", "p2.jpg"]
+
+    # Shift-click selects the range between two clicks.
+    view.locator("#reset-form").click()
+    expect(cards).to_have_count(3)
+    cards.nth(0).locator(".pick").click()
+    cards.nth(2).click(modifiers=["Shift"])
+    expect(view.locator("#selection-count")).to_have_text("3 selected")
+    expect(view.locator(".card[aria-selected='true']")).to_have_count(3)
+    page.screenshot(path=SHOTS / "selection.png")
+    view.locator("#select-none").click()
+    expect(view.locator("#selection-bar")).to_be_hidden()
+
+    # A query-language mistake is shown next to the box, with its column.
+    view.locator("#dsl").fill("width >> 3")
+    view.locator("#dsl").press("Enter")
+    expect(view.locator("#dsl-error")).to_contain_text("column 8")
+    page.screenshot(path=SHOTS / "dsl-error.png")
+    view.locator("#dsl").fill("")
+    view.locator("#go").click()
+    expect(view.locator("#dsl-error")).to_be_hidden()
+
+    # The large view: metadata, tags, and a user tag added there.
+    cards.nth(1).locator("img").click()
+    dialog = view.locator("#detail")
+    expect(dialog).to_be_visible()
+    expect(view.locator("#detail-title")).to_have_text("p1.jpg")
+    expect(view.locator("#detail-meta")).to_contain_text("640 × 480")
+    view.locator("#detail-tag").fill("checked")
+    view.locator("#detail-tag-form button").click()
+    expect(view.locator("#detail-user-tags")).to_contain_text("checked")
+    page.screenshot(path=SHOTS / "large-view.png")
+    doc = airflow["api"].get(f"/datasets/t/files/{airflow['ids']['p1.jpg']}").json()
+    assert doc["tags"]["user"] == ["checked"]
+    view.locator("#detail-close").click()
+    expect(dialog).to_be_hidden()
+
+    view.locator("#view-list").click()
+    expect(view.locator("table.list tbody tr")).to_have_count(3)
+    page.screenshot(path=SHOTS / "list-light.png")
+    assert errors == []
+
+
+def test_dark_theme_follows_the_airflow_ui(airflow, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900}, color_scheme="dark")
+    page.goto(f"{airflow['base']}/plugin/image-search")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", airflow["password"])
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/plugin/image-search")
+    sync_api.expect(page.frame_locator("iframe[title='View Data']").locator(".card")).to_have_count(
+        3
+    )
+    background = our_frame(page).evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(17, 20, 24)"
+    wait_for_thumbnails(page)
+    page.screenshot(path=SHOTS / "gallery-dark.png")
