@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from imageindex.errors import ConfigError
+from imageindex.errors import ConfigError, ModelMismatchError, StoreError
 from imageindex.stores.schema import STATUS_OK
 from imageindex.types import Hit
 
@@ -158,3 +158,56 @@ class VectorStore(ABC):
     @abstractmethod
     def remove_user_tags(self, dataset_id: str, ids: Sequence[str], tags: Sequence[str]) -> int:
         """Remove ``tags`` from ``tags_user`` of the given documents; returns rows changed."""
+
+
+def conform_rows(
+    dataset_id: str, table: pa.Table, target: pa.Schema, *, model: str | None, dim: int
+) -> pa.Table:
+    """Incoming rows checked against a store's table, the same way in every store: same model
+    and dim (never a silent mix of vector spaces), every column typed as stored, required
+    columns non-null, one row per id (the last wins: a merge would write one per duplicate)."""
+    extra = [c for c in table.column_names if c not in target.names]
+    if extra:
+        raise StoreError(
+            f"dataset {dataset_id!r}: columns {extra} are not in the document schema; "
+            f"build rows with imageindex.stores.schema.document_schema()"
+        )
+    vec_type = table.schema.field("vector").type if "vector" in table.column_names else None
+    if vec_type is not None and pa.types.is_fixed_size_list(vec_type) and vec_type.list_size != dim:
+        raise ModelMismatchError(
+            f"dataset {dataset_id!r}: incoming vectors have dim {vec_type.list_size} but "
+            f"the index holds dim {dim} (model {model!r}); use the indexed embedder"
+        )
+    if model is not None and "model" in table.column_names:
+        import pyarrow.compute as pc
+
+        got = [m for m in pc.unique(table["model"]).to_pylist() if m is not None]
+        wrong = [m for m in got if m != model]
+        if wrong:
+            raise ModelMismatchError(
+                f"dataset {dataset_id!r}: incoming rows were embedded by {wrong} but the "
+                f"index holds model {model!r}; use the indexed embedder"
+            )
+    columns = []
+    for f in target:
+        if f.name in table.column_names:
+            columns.append(table[f.name])
+        elif f.nullable:
+            columns.append(pa.nulls(table.num_rows, f.type))
+        else:
+            raise StoreError(f"dataset {dataset_id!r}: incoming rows lack column {f.name!r}")
+    try:
+        out = pa.Table.from_arrays(columns, names=target.names).cast(target.remove_metadata())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise StoreError(
+            f"dataset {dataset_id!r}: incoming rows do not fit the document schema "
+            f"(dim {dim}): {exc}"
+        ) from exc
+    for name in ("id", "dataset_id", "dataset_version", "uri"):
+        if out[name].null_count:
+            raise StoreError(f"dataset {dataset_id!r}: column {name!r} has null values")
+    ids = out["id"].to_pylist()
+    last = {doc: i for i, doc in enumerate(ids)}
+    if len(last) != len(ids):
+        out = out.take(sorted(last.values()))
+    return out

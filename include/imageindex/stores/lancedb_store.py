@@ -32,6 +32,7 @@ from imageindex.stores.base import (
     Filter,
     Page,
     VectorStore,
+    conform_rows,
     table_name,
 )
 from imageindex.stores.paging import decode_cursor, encode_cursor, parse_sort, query_digest
@@ -411,58 +412,8 @@ class LanceDBStore(VectorStore):
     # ---------------------------------------------------------------------------- writes
 
     def _conform(self, dataset_id: str, tbl, table: pa.Table) -> pa.Table:
-        """Incoming rows checked against the table: same model and dim, every column typed as
-        stored, one row per id (the last wins)."""
         model, dim = self._model_dim(tbl)
-        target = tbl.schema
-        extra = [c for c in table.column_names if c not in target.names]
-        if extra:
-            raise StoreError(
-                f"dataset {dataset_id!r}: columns {extra} are not in the document schema; "
-                f"build rows with imageindex.stores.schema.document_schema()"
-            )
-        vec_type = table.schema.field("vector").type if "vector" in table.column_names else None
-        if (
-            vec_type is not None
-            and pa.types.is_fixed_size_list(vec_type)
-            and vec_type.list_size != dim
-        ):
-            raise ModelMismatchError(
-                f"dataset {dataset_id!r}: incoming vectors have dim {vec_type.list_size} but "
-                f"the index holds dim {dim} (model {model!r}); use the indexed embedder"
-            )
-        if model is not None and "model" in table.column_names:
-            got = [m for m in pc.unique(table["model"]).to_pylist() if m is not None]
-            wrong = [m for m in got if m != model]
-            if wrong:
-                raise ModelMismatchError(
-                    f"dataset {dataset_id!r}: incoming rows were embedded by {wrong} but the "
-                    f"index holds model {model!r}; use the indexed embedder"
-                )
-        columns = []
-        for f in target:
-            if f.name in table.column_names:
-                columns.append(table[f.name])
-            elif f.nullable:
-                columns.append(pa.nulls(table.num_rows, f.type))
-            else:
-                raise StoreError(f"dataset {dataset_id!r}: incoming rows lack column {f.name!r}")
-        try:
-            out = pa.Table.from_arrays(columns, names=target.names).cast(target.remove_metadata())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-            raise StoreError(
-                f"dataset {dataset_id!r}: incoming rows do not fit the document schema "
-                f"(dim {dim}): {exc}"
-            ) from exc
-        for name in ("id", "dataset_id", "dataset_version", "uri"):
-            if out[name].null_count:
-                raise StoreError(f"dataset {dataset_id!r}: column {name!r} has null values")
-        ids = out["id"].to_pylist()
-        last = {doc: i for i, doc in enumerate(ids)}
-        if len(last) != len(ids):
-            # merge_insert would write one copy per duplicate.
-            out = out.take(sorted(last.values()))
-        return out
+        return conform_rows(dataset_id, table, tbl.schema, model=model, dim=dim)
 
     def _keep_user_tags(self, tbl, batch: pa.Table) -> pa.Table:
         """Fill null incoming ``tags_user`` with what the stored rows have."""
