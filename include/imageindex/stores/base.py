@@ -211,3 +211,49 @@ def conform_rows(
     if len(last) != len(ids):
         out = out.take(sorted(last.values()))
     return out
+
+
+#: Columns a search hit is built from (never the vector), in every store.
+HIT_COLUMNS = [
+    "id",
+    "uri",
+    "file_name",
+    "dataset_id",
+    "dataset_version",
+    "width",
+    "height",
+    "format",
+    "size",
+    "mtime",
+    "tags_ai",
+    "tags_user",
+    "thumbnail_uri",
+    "indexed_at",
+]
+
+
+def hit_from_row(row: dict, score: float, mtime=None) -> Hit:
+    """A :class:`Hit` from a stored row; ``mtime`` is the row's datetime (already parsed)."""
+    return Hit(
+        id=row["id"],
+        uri=row["uri"],
+        file_name=row.get("file_name") or row["uri"].rsplit("/", 1)[-1],
+        score=score,
+        # A hand-made index may lack these; a hit without them beats a KeyError.
+        dataset_id=row.get("dataset_id") or "",
+        dataset_version=row.get("dataset_version") or "",
+        width=row.get("width"),
+        height=row.get("height"),
+        format=row.get("format"),
+        size=row.get("size"),
+        mtime=mtime.timestamp() if mtime is not None else None,
+        tags_ai=list(row.get("tags_ai") or []),
+        tags_user=list(row.get("tags_user") or []),
+        thumbnail_uri=row.get("thumbnail_uri"),
+    )
+
+
+def chunks(values: Sequence, size: int) -> Iterator[Sequence]:
+    """``values`` in slices of ``size`` (bounded IN lists and bulk bodies)."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]

@@ -27,12 +27,15 @@ from lancedb.index import Bitmap, BTree, HnswSq, LabelList
 
 from imageindex.errors import ConfigError, EmptyIndexError, ModelMismatchError, StoreError
 from imageindex.stores.base import (
+    HIT_COLUMNS,
     MAX_VECTOR_WINDOW,
     SORT_FIELDS,
     Filter,
     Page,
     VectorStore,
+    chunks,
     conform_rows,
+    hit_from_row,
     table_name,
 )
 from imageindex.stores.paging import decode_cursor, encode_cursor, parse_sort, query_digest
@@ -61,23 +64,6 @@ def vector_index_partitions(rows: int) -> int:
     return max(1, round(rows**0.3 / 4))
 
 
-#: Columns a search hit is built from (never the vector).
-HIT_COLUMNS = [
-    "id",
-    "uri",
-    "file_name",
-    "dataset_id",
-    "dataset_version",
-    "width",
-    "height",
-    "format",
-    "size",
-    "mtime",
-    "tags_ai",
-    "tags_user",
-    "thumbnail_uri",
-    "indexed_at",
-]
 DOC_COLUMNS = [f.name for f in document_schema(1) if f.name != "vector"]
 
 #: Scalar indexes optimize() maintains, by column.
@@ -167,11 +153,6 @@ def _and(*preds: str | None) -> str | None:
     if not kept:
         return None
     return " AND ".join(f"({p})" for p in kept)
-
-
-def _chunks(values: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -423,7 +404,7 @@ class LanceDBStore(VectorStore):
         need = pc.filter(batch["id"], pc.is_null(incoming)).to_pylist()
         ds = tbl.to_lance()
         existing: dict[str, list[str]] = {}
-        for chunk in _chunks(need, 5_000):
+        for chunk in chunks(need, 5_000):
             where = f"tags_user IS NOT NULL AND {sql_in('id', chunk)}"
             found = ds.to_table(columns=["id", "tags_user"], filter=where)
             existing.update(
@@ -466,7 +447,7 @@ class LanceDBStore(VectorStore):
         if tbl is None or not ids:
             return 0
         deleted = 0
-        for chunk in _chunks(_unique(list(ids)), self.delete_batch_ids):
+        for chunk in chunks(_unique(list(ids)), self.delete_batch_ids):
             where = sql_in("id", chunk)
             with self._lock(name):
                 found = tbl.count_rows(where)
@@ -483,7 +464,7 @@ class LanceDBStore(VectorStore):
         name = table_name(dataset_id)
         tbl = self._require(dataset_id)
         changed = 0
-        for chunk in _chunks(_unique(list(ids)), self.delete_batch_ids):
+        for chunk in chunks(_unique(list(ids)), self.delete_batch_ids):
             with self._lock(name):
                 rows = self._scan(tbl, None, sql_in("id", chunk))
                 before = rows["tags_user"].to_pylist()
@@ -543,7 +524,7 @@ class LanceDBStore(VectorStore):
         if tbl is None or not ids:
             return []
         found: dict[str, dict] = {}
-        for chunk in _chunks(_unique(list(ids)), self.delete_batch_ids):
+        for chunk in chunks(_unique(list(ids)), self.delete_batch_ids):
             for row in self._scan(tbl, DOC_COLUMNS, sql_in("id", chunk)).to_pylist():
                 found[row["id"]] = row
         return [found[i] for i in ids if i in found]
@@ -746,23 +727,7 @@ def _table_schema(model: str, dim: int) -> pa.Schema:
 
 
 def _hit(row: dict, score: float) -> Hit:
-    mtime = row.get("mtime")
-    return Hit(
-        id=row["id"],
-        uri=row["uri"],
-        file_name=row.get("file_name") or row["uri"].rsplit("/", 1)[-1],
-        score=score,
-        dataset_id=row["dataset_id"],
-        dataset_version=row["dataset_version"],
-        width=row.get("width"),
-        height=row.get("height"),
-        format=row.get("format"),
-        size=row.get("size"),
-        mtime=mtime.timestamp() if mtime is not None else None,
-        tags_ai=list(row.get("tags_ai") or []),
-        tags_user=list(row.get("tags_user") or []),
-        thumbnail_uri=row.get("thumbnail_uri"),
-    )
+    return hit_from_row(row, score, row.get("mtime"))
 
 
 __all__ = [

@@ -52,12 +52,15 @@ import pyarrow as pa
 
 from imageindex.errors import ConfigError, EmptyIndexError, ModelMismatchError, StoreError
 from imageindex.stores.base import (
+    HIT_COLUMNS,
     MAX_VECTOR_WINDOW,
     SORT_FIELDS,
     Filter,
     Page,
     VectorStore,
+    chunks,
     conform_rows,
+    hit_from_row,
     table_name,
 )
 from imageindex.stores.paging import decode_cursor, encode_cursor, parse_sort, query_digest
@@ -82,22 +85,6 @@ TEXT_KEYWORD = {"file_name": "file_name.keyword", "error": "error.keyword"}
 #: What ``_meta.created_by`` says in indexes this module created.
 CREATED_BY = "imageindex"
 
-HIT_COLUMNS = [
-    "id",
-    "uri",
-    "file_name",
-    "dataset_id",
-    "dataset_version",
-    "width",
-    "height",
-    "format",
-    "size",
-    "mtime",
-    "tags_ai",
-    "tags_user",
-    "thumbnail_uri",
-    "indexed_at",
-]
 DOC_COLUMNS = [f.name for f in document_schema(1) if f.name != VECTOR_FIELD]
 _DATE_COLUMNS = frozenset({"mtime", "indexed_at"})
 _STATE_SCHEMA = pa.schema([document_schema(1).field(c) for c in STATE_COLUMNS])
@@ -283,29 +270,7 @@ def to_os_score(cosine: float) -> float:
 
 
 def _hit(row: dict, score: float) -> Hit:
-    mtime = _parse_date(row.get("mtime"))
-    return Hit(
-        id=row["id"],
-        uri=row["uri"],
-        file_name=row.get("file_name") or row["uri"].rsplit("/", 1)[-1],
-        score=score,
-        # A hand-made index may lack these; a hit without them beats a KeyError.
-        dataset_id=row.get("dataset_id") or "",
-        dataset_version=row.get("dataset_version") or "",
-        width=row.get("width"),
-        height=row.get("height"),
-        format=row.get("format"),
-        size=row.get("size"),
-        mtime=mtime.timestamp() if mtime is not None else None,
-        tags_ai=list(row.get("tags_ai") or []),
-        tags_user=list(row.get("tags_user") or []),
-        thumbnail_uri=row.get("thumbnail_uri"),
-    )
-
-
-def _chunks(values: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
+    return hit_from_row(row, score, _parse_date(row.get("mtime")))
 
 
 def _unique_ids(ids: Sequence[str]) -> list[str]:
@@ -859,7 +824,7 @@ class OpenSearchStore(VectorStore):
         rows = self._conform(dataset_id, model, dim, table)
         written = 0
         errors: list[dict] = []
-        for chunk in _chunks(rows, self.bulk_chunk):
+        for chunk in chunks(rows, self.bulk_chunk):
             ops = [(d["id"], self._upsert_op(d)) for d in self._documents(chunk)]
             for doc_id, item in self._bulk_with_retries(name, ops, f"upsert into {name}"):
                 if "error" in item:
@@ -894,7 +859,7 @@ class OpenSearchStore(VectorStore):
         if not ids or self._info(dataset_id) is None:
             return 0
         deleted = 0
-        for chunk in _chunks(ids, self.bulk_chunk):
+        for chunk in chunks(ids, self.bulk_chunk):
             lines = [{"delete": {"_id": i}} for i in chunk]
             items = self._bulk(name, lines, f"deleting documents of {name}")
             failed = [it for it in items if "error" in it and it.get("status") != 404]
@@ -914,7 +879,7 @@ class OpenSearchStore(VectorStore):
         ids = _unique_ids(list(ids))
         tags = list(dict.fromkeys(str(t) for t in tags))
         changed = 0
-        for chunk in _chunks(ids, self.bulk_chunk):
+        for chunk in chunks(ids, self.bulk_chunk):
             ops = [
                 (
                     i,
@@ -1024,7 +989,7 @@ class OpenSearchStore(VectorStore):
         if not unique or self._info(dataset_id) is None:
             return []
         found: dict[str, dict] = {}
-        for chunk in _chunks(unique, 1_000):
+        for chunk in chunks(unique, 1_000):
             resp = self._call(
                 f"reading documents of {name}",
                 lambda chunk=chunk: self.client.mget(
