@@ -392,6 +392,7 @@ def preprocess(
     thumb_staging = _staging_for(thumbs_root, run.s3_conn_id)
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda a: thumb_staging.write_bytes(*a), thumb_writes))
+    _fault_point("preprocess")  # thumbnails written, shard output not yet
     out_uri = manifest_uri.rsplit("/", 1)[0] + "/preprocessed.parquet"
     staging.write_parquet(out_uri, pa.table(out, schema=PREPROCESSED_SCHEMA))
     n_ok = sum(out["ok"])
@@ -474,6 +475,7 @@ def tag_embed(
             if jpeg_tagger and tag_errors:
                 batch_errors = [e or t for e, t in zip(batch_errors, tag_errors, strict=False)]
             errors.extend(batch_errors)
+            _fault_point("tag_embed")  # a batch embedded, features not yet written
             for per_image in tags:
                 tags_ai.append(sorted({t.name for t in per_image}))
                 tags_detail.append(
@@ -779,6 +781,14 @@ def finalize(
     if refusal:
         raise UnsafeDeleteError(refusal)
     return report
+
+
+def _fault_point(stage: str) -> None:
+    """Fault injection for the kill tests: ``IMAGEINDEX_FAULT_EXIT_IN=<stage>`` makes this
+    process die like an OOM-killed worker (exit 137, no cleanup) in the middle of that stage."""
+    if os.environ.get("IMAGEINDEX_FAULT_EXIT_IN") == stage:
+        log.error("fault injection: exiting in the middle of %s", stage)
+        os._exit(137)
 
 
 def _int_env(name: str, default: int) -> int:
