@@ -54,6 +54,9 @@ MANIFEST_SCHEMA = pa.schema(
         ("mtime", pa.float64()),
         ("fingerprint", pa.string()),
         ("change", pa.string()),
+        # id of an indexed document (any version) with the same content and model: copied in
+        # upsert instead of being read, decoded and embedded again
+        ("reuse_id", pa.string()),
     ]
 )
 
@@ -109,10 +112,10 @@ class Run:
         return open_store(self.dataset.store_uri, spec=self.dataset.store)
 
     def source(self):
-        from imageindex.sources import open_source
+        from imageindex.sources import open_version_source
 
-        return open_source(
-            self.dataset.version(self.version).source,
+        return open_version_source(
+            self.dataset.version(self.version),
             s3_conn_id=self.s3_conn_id,
             fingerprint=self.dataset.fingerprint,
         )
@@ -173,6 +176,7 @@ def _entry_rows(entries: list[tuple[FileEntry, str]], dataset_id: str, version: 
             "mtime": [e.mtime for e, _ in entries],
             "fingerprint": [e.fingerprint for e, _ in entries],
             "change": [c for _, c in entries],
+            "reuse_id": pa.nulls(len(entries), pa.string()),
         },
         schema=MANIFEST_SCHEMA,
     )
@@ -284,6 +288,9 @@ def plan(
     del state
 
     todo = staging.read_parquet(todo_uri)
+    if mode != "full":
+        todo = _mark_reusable(store, run.dataset.id, todo, current_definitions_hash(run.dataset))
+    counts["reused"] = todo.num_rows - todo.column("reuse_id").null_count
     n_todo = todo.num_rows
     n_shards, size = shard_plan(
         n_todo,
@@ -316,6 +323,54 @@ def plan(
         n_shards,
     )
     return result
+
+
+#: Fingerprints that identify content wherever the file lives (a stat fingerprint only means
+#: "this very file is unchanged", so it is matched together with the uri).
+CONTENT_FINGERPRINTS = ("sha256:", "etag:")
+
+
+def reuse_key(uri: str, fingerprint: str | None) -> tuple | None:
+    if not fingerprint:
+        return None
+    if fingerprint.startswith(CONTENT_FINGERPRINTS):
+        return (fingerprint,)
+    return (uri, fingerprint)
+
+
+def _mark_reusable(store, dataset_id: str, todo: pa.Table, definitions_hash: str | None):
+    """Fill ``reuse_id`` of new and changed files whose content is already indexed — in any
+    version of the dataset, by the same model (one table holds one model), tagged from the
+    same tag definitions. Streams the index's small columns once; never its vectors."""
+    wanted: dict[tuple, list[int]] = {}
+    for i, (u, f, c) in enumerate(
+        zip(
+            todo.column("uri").to_pylist(),
+            todo.column("fingerprint").to_pylist(),
+            todo.column("change").to_pylist(),
+            strict=True,
+        )
+    ):
+        key = reuse_key(u, f) if c in ("new", "changed") else None
+        if key is not None:
+            wanted.setdefault(key, []).append(i)
+    if not wanted or store.table_info(dataset_id) is None:
+        return todo
+    reuse: list[str | None] = [None] * todo.num_rows
+    own_ids = set(todo.column("id").to_pylist())
+    cols = ["id", "uri", "fingerprint", "status", "tag_definitions_hash"]
+    for batch in store.iter_documents(dataset_id, columns=cols, batch_size=50_000):
+        for i, u, f, st, h in zip(*(batch.column(c).to_pylist() for c in cols), strict=True):
+            if st != STATUS_OK or h != definitions_hash or i in own_ids:
+                continue
+            rows = wanted.pop(reuse_key(u, f), None)
+            if rows:
+                for r in rows:
+                    reuse[r] = i
+        if not wanted:
+            break
+    idx = todo.schema.get_field_index("reuse_id")
+    return todo.set_column(idx, "reuse_id", pa.array(reuse, pa.string()))
 
 
 def load_plan(
@@ -356,7 +411,8 @@ def preprocess(
     staging = run.staging
     source = run.source()
     manifest = staging.read_parquet(manifest_uri)
-    rows = manifest.to_pylist()
+    # Files whose vectors are reused are neither read nor decoded (upsert copies them).
+    rows = [r for r in manifest.to_pylist() if not r.get("reuse_id")]
     thumbs_root = thumbnails_root(dataset.id)
 
     def loader(uri: str):
@@ -371,7 +427,7 @@ def preprocess(
         strict=True,
     ):
         for k in MANIFEST_SCHEMA.names:
-            out[k].append(row[k])
+            out[k].append(row.get(k))
         thumb_uri = f"{thumbs_root}/{row['id'][:2]}/{row['id']}.jpg" if res.ok else None
         out["ok"].append(res.ok)
         out["width"].append(res.width)
@@ -399,6 +455,7 @@ def preprocess(
     return {
         "preprocessed": out_uri,
         "files": len(rows),
+        "reused": manifest.num_rows - len(rows),
         "ok": n_ok,
         "failed": len(rows) - n_ok,
         "failed_by_reason": dict(reasons),
@@ -635,6 +692,12 @@ def upsert(
     docs = build_documents(
         pre, feats, dataset_id=dataset.id, version=version, model=embedder.name, dim=embedder.dim
     )
+    manifest_uri = preprocessed_uri.rsplit("/", 1)[0] + "/manifest.parquet"
+    reused, reuse_missing = _reused_documents(
+        store, staging.read_parquet(manifest_uri), dataset_id=dataset.id, version=version
+    )
+    if reused.num_rows:
+        docs = pa.concat_tables([docs, reused.select(docs.schema.names).cast(docs.schema)])
     written = 0
     chunk = _int_env("IMAGEINDEX_UPSERT_CHUNK_ROWS", 5000)
     fail_after = _int_env("IMAGEINDEX_FAULT_EXIT_AFTER_UPSERT_CHUNKS", 0)
@@ -649,10 +712,66 @@ def upsert(
         "upserted": written,
         "ok": docs.num_rows - n_failed,
         "failed": n_failed,
+        "reused": reused.num_rows,
+        "reuse_missing": reuse_missing,
         "skipped_transient": pre.num_rows - docs.num_rows,
         "preprocessed": preprocessed_uri,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def _reused_documents(
+    store, manifest: pa.Table, *, dataset_id: str, version: str
+) -> tuple[pa.Table, int]:
+    """Copies of already indexed documents for the shard's files marked ``reuse_id``: vector,
+    tags and image metadata from the indexed copy; id, version, uri, name, size and mtime of
+    this file. A source document deleted since the plan is skipped (counted): the file is not
+    written, so the next run lists it as new and computes it."""
+    if "reuse_id" not in manifest.column_names:
+        return pa.table({}), 0
+    rows = manifest.filter(pc.is_valid(manifest.column("reuse_id")))
+    if not rows.num_rows:
+        return pa.table({}), 0
+    sources = [b for b in store.iter_documents(dataset_id, ids=rows.column("reuse_id").to_pylist())]
+    if not sources:
+        log.warning(
+            "%d reused document(s) vanished since the plan; the next run redoes them", rows.num_rows
+        )
+        return pa.table({}), rows.num_rows
+    src = pa.Table.from_batches(sources)
+    pos = {i: k for k, i in enumerate(src.column("id").to_pylist())}
+    take, keep = [], []
+    for r, rid in enumerate(rows.column("reuse_id").to_pylist()):
+        if rid in pos:
+            take.append(pos[rid])
+            keep.append(r)
+    missing = rows.num_rows - len(keep)
+    copies = src.take(pa.array(take, pa.int64()))
+    rows = rows.take(pa.array(keep, pa.int64()))
+    n = rows.num_rows
+    mtimes = pc.round(pc.multiply(rows.column("mtime"), 1e6)).cast(pa.int64())
+    replace = {
+        "id": rows.column("id"),
+        "dataset_id": pa.array([dataset_id] * n, pa.string()),
+        "dataset_version": pa.array([version] * n, pa.string()),
+        "uri": rows.column("uri"),
+        "key": rows.column("key"),
+        "file_name": pa.array([k.rsplit("/", 1)[-1] for k in rows.column("key").to_pylist()]),
+        "size": rows.column("size"),
+        "mtime": mtimes.cast(pa.timestamp("us", "UTC")),
+        "fingerprint": rows.column("fingerprint"),
+        "indexed_at": pa.array([datetime.now(UTC)] * n, pa.timestamp("us", "UTC")),
+    }
+    for name, values in replace.items():
+        field = copies.schema.field(name)
+        copies = copies.set_column(
+            copies.schema.get_field_index(name), field, _as_type(values, field.type)
+        )
+    if missing:
+        log.warning(
+            "%d reused document(s) vanished since the plan; the next run redoes them", missing
+        )
+    return copies, missing
 
 
 # --------------------------------------------------------------------------------------------
@@ -733,6 +852,10 @@ def finalize(
         "changed": counts["changed"],
         "unchanged": counts["unchanged"],
         "retag": counts.get("retag", 0),
+        # new or changed files whose vectors and tags were copied from an indexed document
+        "reused": counts.get("reused", 0)
+        - sum(r.get("reuse_missing", 0) for r in shard_results or []),
+        "reuse_missing": sum(r.get("reuse_missing", 0) for r in shard_results or []),
         "deleted": 0,
         "to_delete": counts["deleted"],
         "processed": counts.get("to_process", 0),
@@ -862,6 +985,8 @@ def shard_summary(pre: dict, emb: dict, ups: dict) -> dict:
     return {
         "providers": emb.get("providers", {}),
         "files": pre["files"],
+        "reused": ups.get("reused", 0),
+        "reuse_missing": ups.get("reuse_missing", 0),
         "ok": ups["ok"],
         "failed": ups["failed"],
         "upserted": ups["upserted"],

@@ -57,7 +57,10 @@ _FINGERPRINTS = {"stat", "sha256"}
 @dataclass(frozen=True)
 class VersionSpec:
     name: str
-    source: str  # normalized: "s3://bucket/prefix" or an absolute local path
+    #: normalized: "s3://bucket/prefix" or an absolute local path; for a logical version
+    #: (``manifest`` true), the uri of the manifest file that lists its files.
+    source: str
+    manifest: bool = False
 
     @property
     def is_s3(self) -> bool:
@@ -83,14 +86,26 @@ class DatasetSpec:
     base_dir: Path = Path(".")
 
     def version(self, name: str | None = None) -> VersionSpec:
+        """A version declared in the registry, or a logical version registered by an export."""
         name = name or self.current_version
-        try:
+        if name in self.versions:
             return self.versions[name]
-        except KeyError:
-            known = ", ".join(sorted(self.versions))
-            raise RegistryError(
-                f"dataset '{self.id}' has no version '{name}' (known versions: {known})"
-            ) from None
+        from imageindex.versions import lookup_registered
+
+        found = lookup_registered(self, name)
+        if found is not None:
+            return found
+        known = ", ".join(sorted(self.versions))
+        raise RegistryError(
+            f"dataset '{self.id}' has no version '{name}' (known versions: {known}, plus "
+            "logical versions registered by exports)"
+        )
+
+    def all_versions(self) -> dict[str, VersionSpec]:
+        """Declared versions, then registered logical versions (reads the staging root)."""
+        from imageindex.versions import registered_versions
+
+        return {**registered_versions(self), **self.versions}
 
     @property
     def store_uri(self) -> str:
@@ -183,9 +198,18 @@ def _parse_dataset(
         name = str(name)
         if not _VERSION_RE.match(name):
             raise err(f"versions.{name}", "version names are 1-64 letters, digits, '.', '_', '-'")
+        if isinstance(vspec, dict) and set(vspec) - {"source", "manifest"}:
+            bad = sorted(set(vspec) - {"source", "manifest"})
+            raise err(f"versions.{name}", f"unknown field(s) {bad} (valid: source, manifest)")
+        if isinstance(vspec, dict) and "manifest" in vspec:
+            if "source" in vspec:
+                raise err(f"versions.{name}", "give either 'source' (a prefix) or 'manifest'")
+            uri = _normalize_source(
+                vspec["manifest"], base_dir, err(f"versions.{name}.manifest", "")
+            )
+            versions[name] = VersionSpec(name=name, source=uri, manifest=True)
+            continue
         source = vspec.get("source") if isinstance(vspec, dict) else vspec
-        if isinstance(vspec, dict) and set(vspec) - {"source"}:
-            raise err(f"versions.{name}", f"unknown field(s) {sorted(set(vspec) - {'source'})}")
         versions[name] = VersionSpec(
             name=name,
             source=_normalize_source(source, base_dir, err(f"versions.{name}.source", "")),

@@ -9,6 +9,7 @@ higher is closer, on every store.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,8 +134,62 @@ def _indexed_image_vector(ds, embedder, store, version, uri: str) -> np.ndarray:
 
 
 def run_search(req: SearchRequest, *, registry_path: str | None = None) -> SearchResult:
-    from imageindex.pipeline import embedder_for
+    """One page of hits (``req.top_k`` of them) and the cursor of the next page."""
     from imageindex.query import to_text
+
+    ds, store, vector, where = _prepare(req, registry_path)
+    page = store.query(
+        ds.id,
+        vector=vector,
+        where=where,
+        top_k=req.top_k,
+        score_threshold=req.score_threshold,
+        cursor=req.cursor,
+        sort=req.sort,
+    )
+    return SearchResult(page.hits, page.next_cursor, to_text(where) if where else None)
+
+
+def iter_hits(
+    req: SearchRequest,
+    *,
+    limit: int | None = None,
+    page_size: int = 1000,
+    registry_path: str | None = None,
+) -> Iterator[list[Hit]]:
+    """Every hit of a search, page after page (the query is embedded once).
+
+    Without a vector query: every matching document (``limit`` None) in ``req.sort`` order.
+    With one: the ``limit`` nearest (default ``req.top_k``), at most the store's vector window.
+    """
+    from imageindex.stores.base import MAX_VECTOR_WINDOW
+
+    ds, store, vector, where = _prepare(req, registry_path)
+    if vector is not None:
+        limit = min(limit or req.top_k, MAX_VECTOR_WINDOW)
+    cursor, done = req.cursor, 0
+    while limit is None or done < limit:
+        size = min(page_size, MAX_TOP_K, (limit - done) if limit is not None else page_size)
+        page = store.query(
+            ds.id,
+            vector=vector,
+            where=where,
+            top_k=size,
+            score_threshold=req.score_threshold,
+            cursor=cursor,
+            sort=req.sort,
+        )
+        if page.hits:
+            done += len(page.hits)
+            yield page.hits
+        cursor = page.next_cursor
+        if cursor is None:
+            return
+
+
+def _prepare(req: SearchRequest, registry_path: str | None):
+    """(dataset, store, query vector or None, filter AST or None) of a validated request."""
+    from imageindex.pipeline import embedder_for
     from imageindex.stores import open_store
     from imageindex.stores.base import Filter
 
@@ -158,16 +213,7 @@ def run_search(req: SearchRequest, *, registry_path: str | None = None) -> Searc
                 f"but the registry names {embedder.name} ({embedder.dim} dims); re-index in full"
             )
         vector = query_vector(ds, req, store, version)
-    page = store.query(
-        ds.id,
-        vector=vector,
-        where=where,
-        top_k=req.top_k,
-        score_threshold=req.score_threshold,
-        cursor=req.cursor,
-        sort=req.sort,
-    )
-    return SearchResult(page.hits, page.next_cursor, to_text(where) if where else None)
+    return ds, store, vector, where
 
 
 def search(req: SearchRequest, *, registry_path: str | None = None) -> list[Hit]:

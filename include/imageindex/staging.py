@@ -88,6 +88,15 @@ class Staging(ABC):
         appears at ``uri`` only when the ``with`` block exits cleanly."""
 
     @abstractmethod
+    def output_file(self, uri: str) -> contextlib.AbstractContextManager[str]:
+        """Yield a local temporary path; when the block ends cleanly its content appears at
+        ``uri`` in one step (rename, or one upload on S3); on error nothing appears."""
+
+    @abstractmethod
+    def input_file(self, uri: str) -> contextlib.AbstractContextManager[str]:
+        """Yield a local path holding the content of ``uri`` (S3: a temporary download)."""
+
+    @abstractmethod
     def exists(self, uri: str) -> bool:
         """A file at ``uri``, or a folder holding at least one file."""
 
@@ -162,6 +171,20 @@ class LocalStaging(Staging):
                 yield writer
             finally:
                 writer.close()
+
+    @contextlib.contextmanager
+    def output_file(self, uri: str) -> Iterator[str]:
+        with self._atomic(self._path(uri)) as tmp:
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+
+    @contextlib.contextmanager
+    def input_file(self, uri: str) -> Iterator[str]:
+        path = self._path(uri)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+        yield str(path)
 
     def exists(self, uri: str) -> bool:
         path = self._path(uri)
@@ -296,6 +319,46 @@ class S3Staging(Staging):
                 self.client.upload_file(tmp, self.bucket, key)
             except (BotoCoreError, ClientError) as exc:
                 raise self._error(exc, uri, "write") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    @contextlib.contextmanager
+    def output_file(self, uri: str) -> Iterator[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self._key(uri)
+        if not key:
+            raise ConfigError(f"cannot write a file over the staging root {self.root}")
+        fd, tmp = tempfile.mkstemp(prefix="imageindex-out-")
+        os.close(fd)
+        try:
+            yield tmp
+            try:  # an object becomes visible only when its (multipart) upload completes
+                self.client.upload_file(tmp, self.bucket, key)
+            except (BotoCoreError, ClientError) as exc:
+                raise self._error(exc, uri, "write") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    @contextlib.contextmanager
+    def input_file(self, uri: str) -> Iterator[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self._key(uri)
+        fd, tmp = tempfile.mkstemp(prefix="imageindex-in-")
+        os.close(fd)
+        try:
+            try:
+                self.client.download_file(self.bucket, key, tmp)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    raise FileNotFoundError(f"{uri} does not exist") from None
+                raise self._error(exc, uri, "read") from exc
+            except BotoCoreError as exc:
+                raise self._error(exc, uri, "read") from exc
+            yield tmp
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

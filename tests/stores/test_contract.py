@@ -346,6 +346,33 @@ def test_iter_state_streams_state_columns_of_one_version(store):
     assert list(store.iter_state(DS, "x' OR '1'='1")) == []
 
 
+def test_iter_documents_streams_whole_documents(store):
+    v1 = plain(25, version="v1")
+    store.upsert(DS, v1)
+    store.upsert(DS, plain(7, version="v2"))
+    batches = list(store.iter_documents(DS, version="v1", batch_size=10))
+    assert len(batches) >= 3
+    got = pa.Table.from_batches(batches)
+    assert got.schema.names == document_schema(DIM).names
+    assert got.schema.field("vector").type == document_schema(DIM).field("vector").type
+    assert sorted(got["id"].to_pylist()) == sorted(ids_of(v1))
+    by_id = {r["id"]: r for r in got.to_pylist()}
+    for i, doc_id_ in enumerate(ids_of(v1)):  # vectors come back exactly
+        np.testing.assert_allclose(by_id[doc_id_]["vector"], arc(10 * i), atol=1e-6)
+        assert by_id[doc_id_]["mtime"] == T0 and by_id[doc_id_]["size"] == 1000 + i
+    # every version; a selection of ids (unknown ones skipped); a selection of columns
+    assert sum(b.num_rows for b in store.iter_documents(DS)) == 32
+    pick = [ids_of(v1)[3], "unknown", ids_of(v1)[5]]
+    sel = pa.Table.from_batches(list(store.iter_documents(DS, ids=pick, columns=["id", "uri"])))
+    assert sel.schema.names == ["id", "uri"]
+    assert sorted(sel["id"].to_pylist()) == sorted(pick[::2])
+    assert list(store.iter_documents(DS, ids=[])) == []
+    assert list(store.iter_documents(DS, version="x' OR '1'='1")) == []
+    assert list(store.iter_documents("nothing")) == []
+    with pytest.raises(ConfigError, match="nope"):
+        list(store.iter_documents(DS, columns=["id", "nope"]))
+
+
 def test_get_returns_documents_in_order(store):
     mtime = datetime(2026, 1, 5, 10, 0, 0, 123456, tzinfo=UTC)
     rows = table([{"name": f"img{i}.jpg", "mtime": mtime} for i in range(5)])

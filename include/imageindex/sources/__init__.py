@@ -5,9 +5,26 @@ from __future__ import annotations
 from imageindex.errors import ConfigError
 from imageindex.sources.base import FINGERPRINTS, Source
 from imageindex.sources.local import LocalSource, local_path_from_uri
+from imageindex.sources.manifest import ManifestSource
 from imageindex.sources.s3 import S3Source
 
-__all__ = ["LocalSource", "S3Source", "Source", "local_path_from_uri", "open_source"]
+__all__ = [
+    "LocalSource",
+    "ManifestSource",
+    "S3Source",
+    "Source",
+    "local_path_from_uri",
+    "open_source",
+    "open_version_source",
+]
+
+
+def open_version_source(version, *, s3_conn_id: str | None = None, fingerprint: str = "stat"):
+    """The source of a registry :class:`~imageindex.registry.VersionSpec`: its prefix, or for a
+    logical version the files its manifest lists."""
+    if getattr(version, "manifest", False):
+        return ManifestSource(version.source, s3_conn_id=s3_conn_id, fingerprint=fingerprint)
+    return open_source(version.source, s3_conn_id=s3_conn_id, fingerprint=fingerprint)
 
 
 def open_source(uri: str, *, s3_conn_id: str | None = None, fingerprint: str = "stat") -> Source:

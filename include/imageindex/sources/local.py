@@ -40,6 +40,16 @@ def local_path_from_uri(uri: str | os.PathLike) -> Path:
     return Path(os.path.abspath(text))
 
 
+def read_local_file(path: Path, *, since: str = "the listing") -> bytes:
+    """The bytes of ``path``; a missing or unreadable file is a SourceError saying which."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise SourceError(f"{path} does not exist (deleted since {since}?)") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
 class LocalSource(Source):
     """Every image under a folder. Hidden entries are skipped; directory symlinks are not followed
     (no loops, no escaping the root), symlinked files are listed."""
@@ -140,12 +150,7 @@ class LocalSource(Source):
             raise SourceError(
                 f"{uri} is outside the source folder {self.root}; refusing to read it"
             )
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise SourceError(f"{path} does not exist (deleted since the listing?)") from None
-        except OSError as exc:
-            raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        return read_local_file(path)
 
     def check_available(self) -> None:
         try:

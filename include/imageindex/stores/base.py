@@ -101,6 +101,24 @@ class VectorStore(ABC):
         """Stream :data:`~imageindex.stores.schema.STATE_COLUMNS` of one version (no vectors)."""
 
     @abstractmethod
+    def iter_documents(
+        self,
+        dataset_id: str,
+        *,
+        version: str | None = None,
+        ids: Sequence[str] | None = None,
+        columns: Sequence[str] | None = None,
+        batch_size: int = 10_000,
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream whole documents, vectors included unless ``columns`` leaves them out.
+
+        ``version`` None reads every version; ``ids`` restricts to those documents (unknown ids
+        are skipped). Batches have the columns of :func:`~imageindex.stores.schema.document_schema`
+        (or ``columns``, in that order); the row order is unspecified. Nothing is held in memory
+        beyond one batch, so this feeds feature tables and exports of any size.
+        """
+
+    @abstractmethod
     def count(self, dataset_id: str, flt: Filter | None = None) -> int:
         """Rows matching ``flt``; all rows when ``flt`` is None."""
 
@@ -251,6 +269,16 @@ def hit_from_row(row: dict, score: float, mtime=None) -> Hit:
         tags_user=list(row.get("tags_user") or []),
         thumbnail_uri=row.get("thumbnail_uri"),
     )
+
+
+def select_columns(names: Sequence[str], columns: Sequence[str] | None) -> list[str]:
+    """``columns`` checked against the document columns ``names`` (all of them for None)."""
+    if columns is None:
+        return list(names)
+    unknown = [c for c in columns if c not in names]
+    if unknown:
+        raise ConfigError(f"unknown document column(s) {unknown}; valid: {list(names)}")
+    return list(columns)
 
 
 def chunks(values: Sequence, size: int) -> Iterator[Sequence]:

@@ -36,6 +36,7 @@ from imageindex.stores.base import (
     chunks,
     conform_rows,
     hit_from_row,
+    select_columns,
     table_name,
 )
 from imageindex.stores.paging import decode_cursor, encode_cursor, parse_sort, query_digest
@@ -511,6 +512,32 @@ class LanceDBStore(VectorStore):
             columns=list(STATE_COLUMNS), filter=where, batch_size=batch_size
         )
         return (rb for rb in scanner.to_batches() if rb.num_rows)
+
+    def iter_documents(
+        self,
+        dataset_id: str,
+        *,
+        version: str | None = None,
+        ids: Sequence[str] | None = None,
+        columns: Sequence[str] | None = None,
+        batch_size: int = 10_000,
+    ) -> Iterator[pa.RecordBatch]:
+        tbl = self._open(dataset_id)
+        if tbl is None:
+            return
+        cols = select_columns([f.name for f in tbl.schema], columns)
+        base = f"dataset_version = {sql_string(version)}" if version is not None else None
+        groups = [None] if ids is None else list(chunks(_unique(list(ids)), self.delete_batch_ids))
+        for group in groups:
+            if group is not None and not group:
+                continue
+            parts = [w for w in (base, sql_in("id", group) if group is not None else None) if w]
+            scanner = tbl.to_lance().scanner(
+                columns=cols, filter=" AND ".join(parts) or None, batch_size=batch_size
+            )
+            for rb in scanner.to_batches():
+                if rb.num_rows:
+                    yield rb
 
     def count(self, dataset_id: str, flt: Filter | None = None) -> int:
         tbl = self._open(dataset_id)

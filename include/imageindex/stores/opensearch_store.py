@@ -61,6 +61,7 @@ from imageindex.stores.base import (
     chunks,
     conform_rows,
     hit_from_row,
+    select_columns,
     table_name,
 )
 from imageindex.stores.paging import decode_cursor, encode_cursor, parse_sort, query_digest
@@ -951,6 +952,44 @@ class OpenSearchStore(VectorStore):
             if len(hits) < size:
                 return
             body["search_after"] = hits[-1]["sort"]
+
+    def iter_documents(
+        self,
+        dataset_id: str,
+        *,
+        version: str | None = None,
+        ids: Sequence[str] | None = None,
+        columns: Sequence[str] | None = None,
+        batch_size: int = 10_000,
+    ) -> Iterator[pa.RecordBatch]:
+        info = self._info(dataset_id)
+        if info is None:
+            return
+        schema = document_schema(int(info[1]))
+        cols = select_columns(schema.names, columns)
+        out_schema = pa.schema([schema.field(c) for c in cols])
+        name = self.index_name(dataset_id)
+        size = max(1, min(int(batch_size), MAX_PAGE))
+        base = [{"term": {"dataset_version": version}}] if version is not None else []
+        groups = [None] if ids is None else list(chunks(_unique_ids(list(ids)), size))
+        for group in groups:
+            flt = base + ([{"ids": {"values": list(group)}}] if group is not None else [])
+            body: dict[str, Any] = {
+                "size": size,
+                "query": {"bool": {"filter": flt}} if flt else {"match_all": {}},
+                "sort": [{"id": {"order": "asc"}}],
+                "_source": {"includes": cols},
+                "track_total_hits": False,
+            }
+            while True:  # keyset paging on id, as in iter_state
+                hits = self._search(name, body, f"reading documents of {name}")
+                if not hits:
+                    break
+                rows = [_row(h.get("_source") or {}, cols) for h in hits]
+                yield pa.RecordBatch.from_pylist(rows, schema=out_schema)
+                if len(hits) < size:
+                    break
+                body["search_after"] = hits[-1]["sort"]
 
     def _count(self, name: str, query: dict | None) -> int:
         body = {"query": query or {"match_all": {}}}
