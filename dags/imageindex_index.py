@@ -9,7 +9,8 @@ One DAG per dataset declared in the registry (`IMAGEINDEX_REGISTRY`). A run:
    RGB, thumbnail; bad files recorded with a reason) → **tag_embed** (one model pass gives the
    vector and the tags) → **upsert** (deterministic ids: a retried shard never duplicates).
 3. **finalize** — deletes documents of removed files (refused when the listing is empty or
-   shrank too much), writes the run report and emits an asset event for the dataset.
+   shrank too much), rewrites the version's Parquet feature table when the run changed it,
+   writes the run report and emits asset events for the dataset and its feature table.
 
 Trigger with the form: `version`, `mode` (`incremental` processes new and changed files only,
 `full` reprocesses everything) and `shard_size`. XCom carries staging paths and counts only.
@@ -36,6 +37,13 @@ def dataset_asset(dataset_id: str) -> Asset:
     return Asset(name=f"imageindex_{dataset_id}", uri=f"imageindex://datasets/{dataset_id}")
 
 
+def features_asset(dataset_id: str) -> Asset:
+    """The dataset's Parquet feature tables (one per version); schedule downstream DAGs on it."""
+    return Asset(
+        name=f"imageindex_{dataset_id}_features", uri=f"imageindex://features/{dataset_id}"
+    )
+
+
 def stage_args(ds: DatasetSpec, stage: str) -> dict:
     """Per-stage Airflow settings from the registry (pools for paid APIs, queues for GPUs)."""
     opts = dict(ds.tasks.get(stage, {}))
@@ -47,6 +55,7 @@ def stage_args(ds: DatasetSpec, stage: str) -> dict:
 def build_dag(ds: DatasetSpec):
     cfg = settings()
     asset = dataset_asset(ds.id)
+    features = features_asset(ds.id)
 
     @dag(
         dag_id=f"imageindex_{ds.id}",
@@ -64,11 +73,15 @@ def build_dag(ds: DatasetSpec):
             "max_retry_delay": timedelta(seconds=max(cfg.retry_delay_s * 16, 1)),
         },
         params={
+            # Free text, not an enum: logical versions registered by exports are valid too.
             "version": Param(
                 ds.current_version,
-                enum=list(ds.versions),
+                type="string",
+                examples=list(ds.versions),
+                pattern=r"^[A-Za-z0-9_.-]{1,64}$",
                 title="Dataset version",
-                description="Which version of the dataset to index.",
+                description="Which version to index: one of the registry's, or a logical "
+                "version registered by an export.",
             ),
             "mode": Param(
                 "incremental",
@@ -133,7 +146,7 @@ def build_dag(ds: DatasetSpec):
 
             return upsert(tag_embed(preprocess(manifest)))
 
-        @task(trigger_rule="none_failed", outlets=[asset], **stage_args(ds, "finalize"))
+        @task(trigger_rule="none_failed", outlets=[asset, features], **stage_args(ds, "finalize"))
         def finalize(shard_results) -> dict:
             """Delete removed files (guarded), optimize the store, report, emit the asset event."""
             ctx = get_current_context()
@@ -150,6 +163,13 @@ def build_dag(ds: DatasetSpec):
                 "deleted": report["deleted"],
                 "failed": report["failed"],
                 "indexed": report["indexed"],
+            }
+            table = report.get("feature_table") or {}
+            ctx["outlet_events"][features].extra = {
+                "dataset_version": report["dataset_version"],
+                "uri": table.get("uri"),
+                "rows": table.get("rows"),
+                "rewritten": table.get("written", False),
             }
             return {k: v for k, v in report.items() if k not in ("failures", "optimize")}
 

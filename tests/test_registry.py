@@ -68,6 +68,16 @@ def test_file_uri_source(tmp_path):
             "datasets:\n  - id: a\n    versions: {v1: /x}\n  - id: a\n    versions: {v1: /y}\n",
             "declared twice",
         ),
+        (
+            "datasets:\n  - id: a\n    versions: {v1: {source: /x, manifest: /m.csv}}\n",
+            "either 'source' (a prefix) or 'manifest'",
+        ),
+        (
+            "datasets:\n  - id: a\n    versions: {v1: {manifest: 'ftp://m'}}\n",
+            "versions.v1.manifest",
+        ),
+        ("datasets:\n  - id: a\n    versions: {v1: {sorce: /x}}\n", "unknown field(s) ['sorce']"),
+        ("datasets:\n  - id: a\n    versions: {v1: /x}\n    feature_table: 3\n", "feature_table"),
         ("datasets: [\n", "not valid YAML"),
         ("datasets: {a: 1}\n", "must be a list"),
     ],
@@ -86,8 +96,24 @@ def test_missing_file_and_unknown_dataset(tmp_path):
     p = write(tmp_path, "datasets:\n  - id: a\n    versions: {v1: /x}\n")
     with pytest.raises(RegistryError, match=r"no dataset 'b' \(known datasets: a\)"):
         load_registry(p).get("b")
-    with pytest.raises(RegistryError, match=r"no version 'v2' \(known versions: v1\)"):
+    with pytest.raises(RegistryError, match=r"no version 'v2' \(known versions: v1, plus logical"):
         load_registry(p).get("a").version("v2")
+
+
+def test_manifest_versions_and_feature_table(tmp_path):
+    p = write(
+        tmp_path,
+        "defaults: {feature_table: s3://b/features}\n"
+        "datasets:\n  - id: a\n    versions:\n      v1: /x\n      pick: {manifest: lists/p.jsonl}\n"
+        "  - id: b\n    versions: {v1: /y}\n    feature_table: false\n",
+    )
+    reg = load_registry(p)
+    a = reg.get("a")
+    assert a.version("pick").manifest and a.version("pick").source == str(
+        tmp_path / "lists/p.jsonl"
+    )
+    assert not a.version("v1").manifest
+    assert a.feature_table == "s3://b/features" and reg.get("b").feature_table == ""
 
 
 def test_task_settings_per_stage(tmp_path):

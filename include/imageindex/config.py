@@ -9,6 +9,7 @@ IMAGEINDEX_HOME                 where local state lives                  ``./.im
 IMAGEINDEX_REGISTRY             the dataset registry (YAML)              ``$HOME/registry.yaml``
 IMAGEINDEX_STAGING              staging root (dir or ``s3://…``)         ``$HOME/staging``
 IMAGEINDEX_STORE                default store URI                        ``$HOME/lancedb``
+IMAGEINDEX_FEATURES             feature tables (dir or ``s3://…``)       ``$STAGING/features``
 IMAGEINDEX_MODEL_CACHE          exported models, label embeddings        ``~/.cache/imageindex``
 IMAGEINDEX_S3_CONN_ID           Airflow connection for S3                ``aws_default``
 IMAGEINDEX_SHARD_SIZE           files per shard (target)                 ``500``
@@ -60,6 +61,7 @@ class Settings:
     registry_path: Path
     staging_root: str
     store_uri: str
+    features_root: str
     s3_conn_id: str
     shard_size: int
     max_shards: int
@@ -70,11 +72,14 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         home = Path(os.environ.get("IMAGEINDEX_HOME") or ".imageindex").absolute()
+        staging = os.environ.get("IMAGEINDEX_STAGING") or str(home / "staging")
         return cls(
             home=home,
             registry_path=Path(os.environ.get("IMAGEINDEX_REGISTRY") or home / "registry.yaml"),
-            staging_root=os.environ.get("IMAGEINDEX_STAGING") or str(home / "staging"),
+            staging_root=staging,
             store_uri=os.environ.get("IMAGEINDEX_STORE") or str(home / "lancedb"),
+            features_root=os.environ.get("IMAGEINDEX_FEATURES")
+            or f"{staging.rstrip('/')}/features",
             s3_conn_id=os.environ.get("IMAGEINDEX_S3_CONN_ID") or "aws_default",
             shard_size=_int("IMAGEINDEX_SHARD_SIZE", 500, minimum=1),
             # Airflow's default max_map_length is 1024; stay well below so a run always maps.

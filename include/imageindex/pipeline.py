@@ -894,6 +894,11 @@ def finalize(
     if refusal is None and deletes.num_rows:
         report["deleted"] = store.delete(dataset.id, deletes.column("id").to_pylist())
     report["optimize"] = _optimize(store, dataset.id)
+    from imageindex.features import write_feature_table
+
+    report["feature_table"] = write_feature_table(
+        dataset, version, store, changed=bool(report["processed"] or report["deleted"])
+    )
     report["indexed"] = store.count(dataset.id, _flt(version, None))
     report["indexed_ok"] = store.count(dataset.id, _flt(version, STATUS_OK))
     report["seconds"]["finalize"] = round(time.perf_counter() - t0, 3)

@@ -47,10 +47,19 @@ _DATASET_KEYS = {
     "shard_size",
     "tags",
     "tasks",
+    "feature_table",
 }
 STAGES = ("plan", "preprocess", "tag_embed", "upsert", "finalize")
 _TASK_KEYS = {"pool", "pool_slots", "queue", "retries", "execution_timeout_s"}
-_DEFAULT_KEYS = {"store", "embedder", "tagger", "s3_conn_id", "fingerprint", "shard_size"}
+_DEFAULT_KEYS = {
+    "store",
+    "embedder",
+    "tagger",
+    "s3_conn_id",
+    "fingerprint",
+    "shard_size",
+    "feature_table",
+}
 _FINGERPRINTS = {"stat", "sha256"}
 
 
@@ -84,6 +93,8 @@ class DatasetSpec:
     #: Airflow settings per stage, e.g. {"tag_embed": {"pool": "dashscope", "queue": "gpu"}}
     tasks: dict = field(default_factory=dict)
     base_dir: Path = Path(".")
+    #: root of the per-version Parquet feature tables; None: $IMAGEINDEX_FEATURES; "" = off
+    feature_table: str | None = None
 
     def version(self, name: str | None = None) -> VersionSpec:
         """A version declared in the registry, or a logical version registered by an export."""
@@ -278,6 +289,14 @@ def _parse_dataset(
             if key in opts and not (isinstance(opts[key], str) and opts[key]):
                 raise err(f"tasks.{stage}.{key}", "must be a non-empty string")
 
+    feature_table = item.get("feature_table", defaults.get("feature_table"))
+    if feature_table is False:
+        feature_table = ""
+    elif feature_table is not None:
+        if not isinstance(feature_table, str) or not feature_table.strip():
+            raise err("feature_table", "must be a folder, s3://bucket/prefix, or false (off)")
+        feature_table = _normalize_source(feature_table, base_dir, err("feature_table", ""))
+
     s3_conn_id = item.get("s3_conn_id", defaults.get("s3_conn_id"))
     description = item.get("description") or ""
     if not isinstance(description, str):
@@ -298,6 +317,7 @@ def _parse_dataset(
         tags=tuple(tags),
         tasks=tasks,
         base_dir=base_dir,
+        feature_table=feature_table,
     )
 
 

@@ -85,7 +85,11 @@ datasets:
 def test_every_dag_imports_without_io(tmp_path):
     result = parse_dags(tmp_path, REGISTRY)
     assert result["errors"] == {}
-    assert set(result["dags"]) == {"imageindex_local_photos", "imageindex_bucket_photos"}
+    assert set(result["dags"]) == {
+        "imageindex_local_photos",
+        "imageindex_bucket_photos",
+        "imageindex_eval",
+    }
     # Parsing must not load models or open stores (the folders and buckets do not even exist).
     assert result["heavy_modules"] == []
     # Parsing a DAG file is done by the dag-processor every 30 s: keep it cheap.
