@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_export import indexed  # noqa: F401  (fixture)
 
 from imageindex.cli import main
 
@@ -66,3 +67,29 @@ def test_samples_command_collects_wheel_photos(tmp_path, capsys):
     run(capsys, "samples", str(tmp_path / "s"))
     after = {p: p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("*") if p.is_file()}
     assert before == after
+
+
+def test_export_and_logical_version_from_the_cli(indexed, capsys):  # noqa: F811
+    out = indexed["tmp"] / "cli.jsonl"
+    code, stdout, _ = run(
+        capsys, "export", "--dataset", "t", "--tags-exclude", "x", "--to", str(out)
+    )
+    assert code == 0
+    res = json.loads(stdout)
+    assert res["count"] == 8 and res["uri"] == str(out) and len(out.read_text().splitlines()) == 8
+    code, stdout, _ = run(
+        capsys, "export", "--dataset", "t", "--text", "a dog", "--limit", "2", "--to", str(out)
+    )
+    assert json.loads(stdout)["count"] == 2
+    prefix = (indexed["src"] / "sub").as_uri() + "/"
+    code, stdout, _ = run(
+        capsys, "export", "--dataset", "t", "--path-prefix", prefix, "--to-version", "picked"
+    )
+    assert json.loads(stdout)["version"] == "picked"
+    code, stdout, _ = run(capsys, "index", "--dataset", "t", "--version", "picked")
+    assert json.loads(stdout)["reused"] == 4
+    code, stdout, _ = run(capsys, "datasets")
+    lines = [ln.split("\t") for ln in stdout.splitlines()]
+    assert lines[0][:3] == ["t", "picked ", "4"] and lines[0][3].startswith("manifest:")
+    code, _, err = run(capsys, "export", "--dataset", "t", "--to", str(indexed["tmp"] / "x.txt"))
+    assert code == 2 and "cannot tell the manifest format" in err

@@ -22,13 +22,8 @@ def _tags(values: list[str] | None) -> list[str]:
     return out
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imageindex", description=__doc__.splitlines()[0])
-    p.add_argument("--registry", help="dataset registry YAML (default: $IMAGEINDEX_REGISTRY)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("search", help="search a dataset by text, image and tags")
+def _query_args(s: argparse.ArgumentParser) -> None:
+    """What selects images: shared by ``search`` and ``export``."""
     s.add_argument("--dataset", required=True)
     s.add_argument("--version", help="dataset version (default: the current version)")
     q = s.add_mutually_exclusive_group()
@@ -48,10 +43,65 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--mtime-from", help="modified at or after (ISO date or datetime)")
     s.add_argument("--mtime-to", help="modified at or before (ISO date or datetime)")
     s.add_argument("--sort", default="uri", help="filter-only order: uri, file_name, mtime, ...")
+    s.add_argument("--score-threshold", type=float)
+
+
+def _request(args, *, top_k: int, cursor: str | None = None):
+    from imageindex.search import SearchRequest
+
+    return SearchRequest(
+        dataset_id=args.dataset,
+        version=args.version,
+        text=args.text,
+        image_path=args.image,
+        image_uri=args.image_uri,
+        dsl=args.dsl,
+        file_name=args.file_name,
+        path_prefix=args.path_prefix,
+        mtime_from=args.mtime_from,
+        mtime_to=args.mtime_to,
+        sort=args.sort,
+        cursor=cursor,
+        tags_any=_tags(args.tags_any),
+        tags_all=_tags(args.tags_all),
+        tags_exclude=_tags(args.tags_exclude),
+        top_k=top_k,
+        score_threshold=args.score_threshold,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imageindex", description=__doc__.splitlines()[0])
+    p.add_argument("--registry", help="dataset registry YAML (default: $IMAGEINDEX_REGISTRY)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="search a dataset by text, image and tags")
+    _query_args(s)
     s.add_argument("--cursor", help="next_cursor of the previous page")
     s.add_argument("--top-k", type=int, default=10)
-    s.add_argument("--score-threshold", type=float)
     s.add_argument("--json", action="store_true", help="print hits as JSON")
+
+    e = sub.add_parser(
+        "export",
+        help="export every hit of a search to JSONL/CSV/Parquet (local or s3://), or as a "
+        "logical dataset version",
+    )
+    _query_args(e)
+    dest = e.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--to", help="destination file: out.jsonl, out.csv, s3://bucket/x.parquet")
+    dest.add_argument(
+        "--to-version",
+        help="register the result as this new logical version of the dataset (index it with "
+        "`imageindex index --version NAME`: already indexed files are reused, not recomputed)",
+    )
+    e.add_argument("--format", choices=["jsonl", "csv", "parquet"], help="default: from the name")
+    e.add_argument(
+        "--limit",
+        type=int,
+        help="at most this many files; text/image queries: the nearest 100 unless given",
+    )
+    e.add_argument("--description", default="", help="--to-version: a note kept with it")
 
     i = sub.add_parser("index", help="index a dataset version in this process (no Airflow)")
     i.add_argument("--dataset", required=True)
@@ -67,27 +117,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _search(args) -> int:
-    from imageindex.search import SearchRequest, run_search
+    from imageindex.search import run_search
 
-    req = SearchRequest(
-        dataset_id=args.dataset,
-        version=args.version,
-        text=args.text,
-        image_path=args.image,
-        image_uri=args.image_uri,
-        dsl=args.dsl,
-        file_name=args.file_name,
-        path_prefix=args.path_prefix,
-        mtime_from=args.mtime_from,
-        mtime_to=args.mtime_to,
-        sort=args.sort,
-        cursor=args.cursor,
-        tags_any=_tags(args.tags_any),
-        tags_all=_tags(args.tags_all),
-        tags_exclude=_tags(args.tags_exclude),
-        top_k=args.top_k,
-        score_threshold=args.score_threshold,
-    )
+    req = _request(args, top_k=args.top_k, cursor=args.cursor)
     result = run_search(req, registry_path=args.registry)
     hits = result.hits
     if args.json:
@@ -101,6 +133,26 @@ def _search(args) -> int:
     if result.next_cursor:
         # stderr, so `--json` output stays a plain list of hits
         print(f"next page: --cursor {result.next_cursor}", file=sys.stderr)
+    return 0
+
+
+def _export(args) -> int:
+    from imageindex.export import export_search, export_version
+
+    req = _request(args, top_k=min(args.limit or 100, 1000))
+    if args.to_version:
+        result = export_version(
+            req,
+            args.to_version,
+            limit=args.limit,
+            description=args.description,
+            registry_path=args.registry,
+        )
+    else:
+        result = export_search(
+            req, args.to, fmt=args.format, limit=args.limit, registry_path=args.registry
+        )
+    print(json.dumps(result.to_dict(), indent=2))
     return 0
 
 
@@ -127,10 +179,11 @@ def _datasets(args) -> int:
     for ds in reg.datasets.values():
         store = open_store(ds.store_uri, spec=ds.store)
         info = store.table_info(ds.id)
-        for v in ds.versions.values():
+        for v in ds.all_versions().values():
             n = store.count(ds.id, Filter(versions=[v.name])) if info else 0
             cur = "*" if v.name == ds.current_version else " "
-            print(f"{ds.id}\t{v.name}{cur}\t{n}\t{v.source}")
+            kind = "manifest:" if v.manifest else ""
+            print(f"{ds.id}\t{v.name}{cur}\t{n}\t{kind}{v.source}")
     return 0
 
 
@@ -143,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "search":
             return _search(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "index":
             return _index(args)
         if args.command == "samples":
