@@ -113,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("dest")
 
     sub.add_parser("datasets", help="list the registry's datasets and their indexed counts")
+
+    from imageindex import evaluation
+
+    evaluation.add_cli(sub)
     return p
 
 
@@ -198,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             return _search(args)
         if args.command == "export":
             return _export(args)
+        if args.command in ("eval", "eval-data"):
+            from imageindex import evaluation
+
+            return evaluation.run_cli(args)
         if args.command == "index":
             return _index(args)
         if args.command == "samples":

@@ -25,11 +25,11 @@ import json
 import math
 import re
 from collections.abc import AsyncIterator, Callable
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, HTTPException, Request, Security
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi import Path as PathParam
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import (
@@ -159,7 +159,11 @@ class LastRun(BaseModel):
 class VersionOut(BaseModel):
     name: str
     current: bool
-    source: str = Field(description="uri prefix of the version's files (hits' uris start so)")
+    source: str = Field(
+        description="uri prefix of the version's files (hits' uris start so); for a logical "
+        "version, the uri of the manifest listing its files"
+    )
+    kind: str = Field("prefix", description="prefix, or logical (files from a manifest)")
     indexed: int = Field(description="documents of this version, failed ones included")
     ok: int
     failed: int
@@ -473,21 +477,26 @@ def _dataset_out(ds, user) -> dict:
     counts: dict[str, tuple[int, int]] = {}
     error = None
     try:
+        all_versions = ds.all_versions()  # declared ones, then logical versions from exports
+    except ImageIndexError as exc:
+        all_versions, error = dict(ds.versions), str(exc)
+    try:
         store = _store(ds)
         if store.table_info(ds.id) is not None:
-            for v in ds.versions:
+            for v in all_versions:
                 total = store.count(ds.id, Filter(versions=[v], status=None))
                 counts[v] = (total, store.count(ds.id, Filter(versions=[v], status=STATUS_OK)))
     except ImageIndexError as exc:  # one unreachable store must not hide the other datasets
         counts, error = {}, str(exc)
     versions = []
-    for v in ds.versions.values():
+    for v in all_versions.values():
         total, ok = counts.get(v.name, (0, 0))
         versions.append(
             {
                 "name": v.name,
                 "current": v.name == ds.current_version,
                 "source": v.source if v.is_s3 else Path(v.source).as_uri(),
+                "kind": "logical" if v.manifest else "prefix",
                 "indexed": total,
                 "ok": ok,
                 "failed": total - ok,
@@ -529,10 +538,10 @@ def get_dataset(ds: ReadableDataset, user: User) -> dict:
 # search
 
 
-def _search(request: Request, ds, body: SearchBody, image_bytes: bytes | None = None) -> dict:
-    from imageindex.search import SearchRequest, run_search
+def _search_request(ds, body: SearchBody, image_bytes: bytes | None):
+    from imageindex.search import SearchRequest
 
-    req = SearchRequest(
+    return SearchRequest(
         dataset_id=ds.id,
         version=_blank_to_none(body.version),
         text=_blank_to_none(body.text),
@@ -551,6 +560,12 @@ def _search(request: Request, ds, body: SearchBody, image_bytes: bytes | None = 
         cursor=_blank_to_none(body.cursor),
         sort=body.sort or "uri",
     )
+
+
+def _search(request: Request, ds, body: SearchBody, image_bytes: bytes | None = None) -> dict:
+    from imageindex.search import run_search
+
+    req = _search_request(ds, body, image_bytes)
     try:
         req.validate()
     except ConfigError as exc:
@@ -755,15 +770,17 @@ def get_original(request: Request, ds: ReadableDataset, doc_id: DocId) -> Respon
     uri = doc["uri"]
     headers = {**_FILE_HEADERS, "Cache-Control": "private, max-age=300"}
     outside = HTTPException(403, f"{uri} is outside the source of {ds.id}/{version.name}")
-    if not version.is_s3:
-        # Streamed from disk (FileResponse: ranges, its own ETag from size and mtime). The
-        # check is LocalSource.read_bytes's, made before the file is opened.
-        root = local_path_from_uri(version.source)
-        if not uri.startswith("file:"):
-            raise outside
+    local = uri.startswith("file:") and (version.manifest or not version.is_s3)
+    if local:
+        # Streamed from disk (FileResponse: ranges, its own ETag from size and mtime).
         path = local_path_from_uri(uri)
-        if path == root or not path.is_relative_to(root):
-            raise outside
+        if not version.manifest:
+            # LocalSource.read_bytes's check, made before the file is opened. A logical
+            # version's files may live under any root: its index only holds uris its manifest
+            # listed, and this uri comes from the index, never from the request.
+            root = local_path_from_uri(version.source)
+            if path == root or not path.is_relative_to(root):
+                raise outside
         try:
             with open(path, "rb") as f:
                 head = f.read(16)
@@ -772,10 +789,18 @@ def get_original(request: Request, ds: ReadableDataset, doc_id: DocId) -> Respon
         except OSError as exc:
             raise HTTPException(502, f"cannot read {uri}: {exc.strerror or exc}") from None
         return _file_response(path, head, doc, headers)
+    if not version.is_s3 and not version.manifest:
+        raise outside
     etag = _etag(uri, doc.get("fingerprint"))  # an S3 ETag: changes with the content
     if _not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
-    source = open_source(version.source, s3_conn_id=_s3_conn_id(ds))
+    if version.manifest:
+        from imageindex.sources import S3Source
+
+        bucket_root = "s3://" + uri[len("s3://") :].split("/", 1)[0] + "/"
+        source = S3Source(bucket_root, conn_id=_s3_conn_id(ds))
+    else:
+        source = open_source(version.source, s3_conn_id=_s3_conn_id(ds))
     try:
         data = source.read_bytes(uri)
     except SourceError as exc:
@@ -864,19 +889,97 @@ def remove_tags_bulk(ds: EditableDataset, body: BulkTagsBody) -> dict:
 # export
 
 
-@app.post(
-    "/datasets/{dataset_id}/export",
-    status_code=501,
-    responses={**_ERRORS, 501: {"model": ErrorOut, "description": "not available yet"}},
-)
-def export(ds: ReadableDataset, body: Annotated[dict | None, Body()] = None) -> JSONResponse:
-    """Export a selection or a search's matches (not available yet: always 501)."""
-    return JSONResponse(
-        status_code=501,
-        content={
-            "detail": f"export of dataset '{ds.id}' is not available yet: imageindex has no "
-            "export library so far. Meanwhile, search through this API and copy the hits' uris."
-        },
+class ExportBody(SearchBody):
+    """A search (as for /search; ``top_k``/``cursor`` are ignored) and where its matches go."""
+
+    format: str = Field("jsonl", description="jsonl, csv or parquet")
+    name: str | None = Field(
+        None, description="file name stem (letters, digits, . _ -); default: a timestamp"
+    )
+    limit: int | None = Field(
+        None, description="at most this many files; text/image searches: default 100"
+    )
+    to_version: str | None = Field(
+        None,
+        description="register the export as this new logical version of the dataset (needs "
+        "edit permission); index it with the dataset's DAG",
+    )
+    description: str = Field("", description="a note kept with a logical version")
+
+
+class ExportOut(BaseModel):
+    uri: str
+    format: str
+    count: int
+    sha256: str
+    bytes: int
+    version: str | None = None
+    download: str
+
+
+_EXPORT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+
+
+def _exports_dir(ds) -> str:
+    from imageindex.config import settings
+
+    return f"{settings().staging_root.rstrip('/')}/exports/{ds.id}"
+
+
+@app.post("/datasets/{dataset_id}/export", response_model=ExportOut, responses=_ERRORS)
+def export(request: Request, ds: ReadableDataset, user: User, body: ExportBody) -> dict:
+    """Write every match of a search to a JSONL, CSV or Parquet file under the staging
+    location's ``exports/<dataset>/`` (never a path chosen by the caller), or register it as a
+    logical dataset version. The file appears atomically; its row count and SHA-256 come back
+    with a download link."""
+    from imageindex.export import export_search, export_version
+    from imageindex.manifest import FORMATS
+
+    if body.format not in FORMATS:
+        raise HTTPException(400, f"format must be one of {', '.join(FORMATS)}")
+    if body.name is not None and (not _EXPORT_NAME.match(body.name) or body.name in (".", "..")):
+        raise HTTPException(400, "name may hold letters, digits, '.', '_' and '-' only")
+    if body.limit is not None and body.limit < 1:
+        raise HTTPException(400, "limit must be at least 1")
+    req = _search_request(ds, body, None)
+    req.top_k, req.cursor = min(body.limit or 100, 1000), None
+    try:
+        req.validate()
+    except ConfigError as exc:
+        raise HTTPException(400, _api_words(str(exc))) from None
+    if body.to_version:
+        if not is_authorized(user, ds.id, "PUT"):
+            raise HTTPException(403, f"registering a version of '{ds.id}' needs edit permission")
+        dest = f"{_exports_dir(ds)}/{body.to_version}.{body.format}"
+        result = export_version(
+            req, body.to_version, dest=dest, limit=body.limit, description=body.description
+        )
+    else:
+        stem = body.name or datetime.now(UTC).strftime("export-%Y%m%dT%H%M%S%fZ")
+        dest = f"{_exports_dir(ds)}/{stem}.{body.format}"
+        result = export_search(req, dest, fmt=body.format, limit=body.limit)
+    root = request.scope.get("root_path", "").rstrip("/")
+    name = result.uri.rsplit("/", 1)[-1]
+    return {**result.to_dict(), "download": f"{root}/datasets/{ds.id}/exports/{name}"}
+
+
+@app.get("/datasets/{dataset_id}/exports/{name}", responses=_ERRORS)
+def download_export(ds: ReadableDataset, name: str) -> Response:
+    """An export file of this dataset (or its ``.sha256``)."""
+    from imageindex.config import settings
+    from imageindex.staging import open_staging
+
+    if not _EXPORT_NAME.match(name) or name in (".", ".."):
+        raise HTTPException(404, "no such export")
+    staging = open_staging(settings().staging_root, s3_conn_id=_s3_conn_id(ds))
+    try:
+        data = staging.read_bytes(f"{_exports_dir(ds)}/{name}")
+    except FileNotFoundError:
+        raise HTTPException(404, f"no export named {name!r} for dataset '{ds.id}'") from None
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={**_FILE_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'},
     )
 
 

@@ -3,6 +3,7 @@ LanceDB, staging thumbnails, and Airflow's SimpleAuthManager issuing and checkin
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import json
@@ -474,10 +475,58 @@ def test_user_tags_survive_a_full_reindex(env):
 # the rest
 
 
-def test_export_is_501_until_the_export_library_exists(env):
-    response = env.post("/datasets/t/export", json={"ids": []})
-    assert response.status_code == 501
-    assert "not available yet" in response.json()["detail"]
+def test_export_to_a_file_and_download_it(env):
+    res = env.post("/datasets/t/export", json={"dsl": "format = PNG OR width > 0", "name": "all"})
+    assert res.status_code == 200, res.text
+    out = res.json()
+    assert out["count"] == len(PHOTOS) and out["format"] == "jsonl"
+    assert out["uri"] == str(env.tmp / "home" / "staging" / "exports" / "t" / "all.jsonl")
+    got = env.get(out["download"])
+    assert got.status_code == 200 and "attachment" in got.headers["content-disposition"]
+    assert hashlib.sha256(got.content).hexdigest() == out["sha256"]
+    rows = [json.loads(line) for line in got.content.decode().splitlines()]
+    assert sorted(r["file_name"] for r in rows) == sorted(p.rsplit("/", 1)[-1] for p in PHOTOS)
+    check = env.get("/datasets/t/exports/all.jsonl.sha256")
+    assert check.text == f"{out['sha256']}  all.jsonl\n"
+    csv_out = env.post("/datasets/t/export", json={"text": "a photo", "limit": 2, "format": "csv"})
+    assert csv_out.json()["count"] == 2 and csv_out.json()["uri"].endswith(".csv")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"format": "xlsx"}, 400, "format must be one of"),
+        ({"name": "../../etc/x"}, 400, "name may hold"),
+        ({"limit": 0}, 400, "limit must be at least 1"),
+        ({"dsl": "width >>= 3"}, 400, "column"),
+    ],
+)
+def test_bad_exports_are_400(env, body, status, words):
+    res = env.post("/datasets/t/export", json=body)
+    assert res.status_code == status and words in res.text
+
+
+def test_download_refuses_other_names(env):
+    assert env.get("/datasets/t/exports/..%2Fregistry.yaml").status_code == 404
+    assert env.get("/datasets/t/exports/nothing.jsonl").status_code == 404
+
+
+def test_export_to_a_logical_version_needs_edit_permission(env):
+    body = {"path_prefix": (env.src / "a").as_uri() + "/", "to_version": "only-a"}
+    assert env.post("/datasets/t/export", "viewer", json=body).status_code == 403
+    res = env.post("/datasets/t/export", json=body)
+    assert res.status_code == 200 and res.json()["version"] == "only-a"
+    assert res.json()["count"] == 2
+    report = pipeline.run_all("t", "only-a")
+    assert report["reused"] == 2 and report["indexed_ok"] == 2
+    versions = {v["name"]: v for v in env.get("/datasets/t").json()["versions"]}
+    assert versions["only-a"]["kind"] == "logical" and versions["only-a"]["ok"] == 2
+    assert versions["v1"]["kind"] == "prefix"
+    hits = env.search(version="only-a", top_k=10).json()["hits"]
+    assert sorted(h["file_name"] for h in hits) == ["p0.jpg", "p1.jpg"]
+    original = env.get(hits[0]["original_url"])
+    assert original.status_code == 200
+    assert original.content == (env.src / "a" / hits[0]["file_name"]).read_bytes()
 
 
 def test_openapi_schema_lists_the_endpoints(env):
