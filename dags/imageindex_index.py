@@ -23,14 +23,18 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task, task_group
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from imageindex import pipeline
 from imageindex.config import settings
-from imageindex.errors import AuthError, RegistryError
+from imageindex.errors import AuthError, RegistryError, VersionBusyError
 from imageindex.registry import DatasetSpec, load_registry
 
 log = logging.getLogger(__name__)
+
+
+#: Concurrent runs of one dataset's DAG (each on its own version).
+MAX_ACTIVE_RUNS = 4
 
 
 def dataset_asset(dataset_id: str) -> Asset:
@@ -64,7 +68,10 @@ def build_dag(ds: DatasetSpec):
         schedule=ds.schedule,
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
         catchup=False,
-        max_active_runs=1,
+        # Runs of different versions go side by side (a backfill of v2 does not hold up the
+        # scheduled incremental runs of v1); a second run of the same version is refused by
+        # the version lease that plan takes (see pipeline.acquire_lease).
+        max_active_runs=MAX_ACTIVE_RUNS,
         tags=["imageindex", f"dataset:{ds.id}", *ds.tags],
         default_args={
             "retries": cfg.retries,
@@ -108,13 +115,20 @@ def build_dag(ds: DatasetSpec):
             """
             ctx = get_current_context()
             p = ctx["params"]
-            result = pipeline.plan(
-                ds.id,
-                p["version"],
-                ctx["run_id"],
-                mode=p["mode"],
-                shard_size=int(p["shard_size"]),
-            )
+            try:
+                result = pipeline.plan(
+                    ds.id,
+                    p["version"],
+                    ctx["run_id"],
+                    mode=p["mode"],
+                    shard_size=int(p["shard_size"]),
+                )
+            except VersionBusyError as exc:
+                run_type = str(ctx["dag_run"].run_type).lower().rsplit(".", 1)[-1]
+                if run_type in ("scheduled", "backfill"):
+                    # The running one covers this interval's changes; the next one catches up.
+                    raise AirflowSkipException(str(exc)) from None
+                raise AirflowFailException(str(exc)) from None
             return result["shards"]
 
         @task_group(group_id="shard")
@@ -154,7 +168,10 @@ def build_dag(ds: DatasetSpec):
             if isinstance(shard_results, dict):
                 shard_results = [shard_results]
             results = [r for r in (shard_results or []) if isinstance(r, dict)]
-            plan_result = pipeline.load_plan(ds.id, ctx["params"]["version"], ctx["run_id"])
+            try:
+                plan_result = pipeline.load_plan(ds.id, ctx["params"]["version"], ctx["run_id"])
+            except FileNotFoundError:
+                raise AirflowSkipException("plan was skipped: nothing to finalize") from None
             report = pipeline.finalize(ds.id, plan_result["dataset_version"], plan_result, results)
             ctx["outlet_events"][asset].extra = {
                 "dataset_version": report["dataset_version"],
@@ -173,7 +190,14 @@ def build_dag(ds: DatasetSpec):
             }
             return {k: v for k, v in report.items() if k not in ("failures", "optimize")}
 
-        finalize(shard.expand(manifest=plan()))
+        @task(trigger_rule="all_done")
+        def release_lease() -> bool:
+            """Give the version back, whether the run succeeded or failed."""
+            ctx = get_current_context()
+            return pipeline.release_lease(ds.id, ctx["params"]["version"], ctx["run_id"])
+
+        planned = plan()
+        finalize(shard.expand(manifest=planned)) >> release_lease().as_teardown(setups=planned)
 
     return index_dataset()
 

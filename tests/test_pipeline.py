@@ -284,3 +284,52 @@ def test_changed_tag_definitions_retag_every_file(dataset):
     docs = [d for d in stored(dataset).values() if d["status"] == "ok"]
     assert {d["tag_definitions_hash"] for d in docs}.isdisjoint(first_hash)
     assert pipeline.run_all("t")["processed"] == 0
+
+
+def test_one_run_per_version_at_a_time_other_versions_go_ahead(dataset, monkeypatch):
+    from imageindex.errors import VersionBusyError
+
+    src, tmp = dataset["src"], dataset["tmp"]
+    make_photo(src / "a.jpg", seed=1)
+    other = tmp / "other"
+    other.mkdir()
+    make_photo(other / "b.jpg", seed=2)
+    reg = dataset["registry"]
+    reg.write_text(
+        reg.read_text().replace("      v1: {", f"      v2: {{source: {other}}}\n      v1: {{")
+    )
+
+    first = pipeline.plan("t", "v1", "run-a")
+    with pytest.raises(VersionBusyError, match="run-a is indexing t/v1"):
+        pipeline.plan("t", "v1", "run-b")
+    # another version is not held up: a backfill of v2 runs while v1's run is open
+    assert pipeline.run_all("t", "v2", run_id="backfill-v2")["indexed_ok"] == 1
+    # the same run may re-plan (an Airflow retry of plan)
+    first = pipeline.plan("t", "v1", "run-a")
+    results = [pipeline.run_shard("t", "v1", s) for s in first["shards"]]
+    pipeline.finalize("t", "v1", first, results)
+    assert pipeline.run_all("t", "v1", run_id="run-b")["unchanged"] == 1
+
+    # a failed run's lease is given back by the teardown; an expired one is taken over
+    pipeline.plan("t", "v1", "run-c")
+    assert pipeline.release_lease("t", "v1", "someone-else") is False
+    assert pipeline.release_lease("t", "v1", "run-c") is True
+    monkeypatch.setenv("IMAGEINDEX_RUN_LEASE_S", "1")
+    pipeline.plan("t", "v1", "run-d")
+    time.sleep(1.1)
+    pipeline.plan("t", "v1", "run-e")
+
+
+def test_a_plan_that_fails_gives_the_lease_back(dataset):
+    import shutil
+
+    make_photo(dataset["src"] / "a.jpg", seed=1)
+    pipeline.run_all("t")
+    shutil.rmtree(dataset["src"])
+    from imageindex.errors import SourceError
+
+    with pytest.raises(SourceError):
+        pipeline.plan("t", "v1", "r1")
+    dataset["src"].mkdir()
+    make_photo(dataset["src"] / "a.jpg", seed=1)
+    pipeline.plan("t", "v1", "r2")  # not refused: r1 released its claim when it failed

@@ -17,6 +17,7 @@ IMAGEINDEX_MAX_SHARDS           cap on mapped shards per run             ``256``
 IMAGEINDEX_RETRIES              task retries                             ``3``
 IMAGEINDEX_RETRY_DELAY_S        first retry delay, doubles each retry    ``30``
 IMAGEINDEX_MAX_DELETE_FRACTION  refuse deletes above this share          ``0.5``
+IMAGEINDEX_RUN_LEASE_S          a version's run lease, seconds           ``86400``
 ==============================  =======================================  =========================
 """
 
@@ -68,6 +69,7 @@ class Settings:
     retries: int
     retry_delay_s: float
     max_delete_fraction: float
+    run_lease_s: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -87,6 +89,7 @@ class Settings:
             retries=_int("IMAGEINDEX_RETRIES", 3),
             retry_delay_s=_float("IMAGEINDEX_RETRY_DELAY_S", 30.0, 0.0, 86400.0),
             max_delete_fraction=_float("IMAGEINDEX_MAX_DELETE_FRACTION", 0.5, 0.0, 1.0),
+            run_lease_s=_int("IMAGEINDEX_RUN_LEASE_S", 86400, minimum=1),
         )
 
 

@@ -54,3 +54,7 @@ class ProviderError(ImageIndexError):
 
 class AuthError(ProviderError):
     """A hosted model service refused the credentials; the message names the Airflow connection."""
+
+
+class VersionBusyError(ImageIndexError):
+    """Another run is indexing the same dataset version right now (see pipeline leases)."""

@@ -240,8 +240,17 @@ def plan(
     if mode not in MODES:
         raise ConfigError(f"mode {mode!r} is not one of {MODES}")
     t0 = time.perf_counter()
-    cfg = settings()
     run = open_run(dataset_id, version, run_id, registry_path=registry_path)
+    acquire_lease(run, run_id)
+    try:
+        return _plan(run, run_id, mode, shard_size, max_shards, t0)
+    except BaseException:
+        release_lease(run.dataset.id, run.version, run_id, registry_path=registry_path)
+        raise
+
+
+def _plan(run: Run, run_id: str, mode: str, shard_size, max_shards, t0: float) -> dict:
+    cfg = settings()
     staging = run.staging
     staging.delete_prefix(run.run_dir)  # a retried plan starts from a clean run folder
     store = run.store()
@@ -306,6 +315,7 @@ def plan(
     result = {
         "dataset_id": run.dataset.id,
         "dataset_version": run.version,
+        "run_id": run_id,
         "mode": mode,
         "run_dir": run.run_dir,
         "shards": shards,
@@ -371,6 +381,66 @@ def _mark_reusable(store, dataset_id: str, todo: pa.Table, definitions_hash: str
             break
     idx = todo.schema.get_field_index("reuse_id")
     return todo.set_column(idx, "reuse_id", pa.array(reuse, pa.string()))
+
+
+# --------------------------------------------------------------------------------------------
+# one run per dataset version at a time
+
+
+def _lease_uri(run: Run) -> str:
+    root = settings().staging_root.rstrip("/")
+    return f"{root}/leases/{run.dataset.id}/{run.version}.json"
+
+
+def acquire_lease(run: Run, run_id: str) -> None:
+    """Claim the dataset version for ``run_id`` until it finishes (or the lease expires).
+
+    Runs of different versions proceed side by side — a backfill of v2 never waits for the
+    scheduled incremental run of v1 — while a second run of the same version is refused with
+    :class:`VersionBusyError` instead of redoing the first one's work. The lease lives in the
+    staging root every worker shares; it is released by :func:`release_lease` (the DAG's
+    teardown, so also after a failed run) and expires after ``IMAGEINDEX_RUN_LEASE_S``.
+    """
+    from imageindex.errors import VersionBusyError
+
+    staging, uri = run.staging, _lease_uri(run)
+    now = time.time()
+    try:
+        held = staging.read_json(uri)
+    except FileNotFoundError:
+        held = None
+    if held and held.get("run_id") != run_id and held.get("expires_at", 0) > now:
+        raise VersionBusyError(
+            f"run {held['run_id']} is indexing {run.dataset.id}/{run.version} (since "
+            f"{held.get('started_at')}); this run stops rather than repeat its work. Trigger "
+            "again when it has finished, or remove the lease "
+            f"{uri} if that run is gone"
+        )
+    lease = {
+        "run_id": run_id,
+        "started_at": datetime.now(UTC).isoformat(),
+        "expires_at": now + settings().run_lease_s,
+    }
+    staging.write_json(uri, lease)
+    # Two plans racing past the check: the last write wins and the other one steps back.
+    if staging.read_json(uri).get("run_id") != run_id:
+        raise VersionBusyError(f"another run claimed {run.dataset.id}/{run.version} just now")
+
+
+def release_lease(
+    dataset_id: str, version: str, run_id: str, *, registry_path: str | None = None
+) -> bool:
+    """Give the version's lease back if ``run_id`` holds it; True when released."""
+    run = open_run(dataset_id, version, run_id, registry_path=registry_path)
+    staging, uri = run.staging, _lease_uri(run)
+    try:
+        held = staging.read_json(uri)
+    except FileNotFoundError:
+        return False
+    if held.get("run_id") != run_id:
+        return False
+    staging.delete_prefix(uri)
+    return True
 
 
 def load_plan(
@@ -788,6 +858,16 @@ def finalize(
     stage_seconds: dict | None = None,
 ) -> dict:
     """Delete documents of removed files (guarded), optimize the store, write the run report."""
+    try:
+        return _finalize(
+            dataset_id, version, plan_result, shard_results, registry_path, stage_seconds
+        )
+    finally:
+        if plan_result.get("run_id"):  # the run is over: the next one of this version may start
+            release_lease(dataset_id, version, plan_result["run_id"], registry_path=registry_path)
+
+
+def _finalize(dataset_id, version, plan_result, shard_results, registry_path, stage_seconds):
     t0 = time.perf_counter()
     cfg = settings()
     dataset = load_registry(registry_path).get(dataset_id)
@@ -954,10 +1034,13 @@ def run_all(
     p = plan(
         dataset_id, version, run_id, mode=mode, shard_size=shard_size, registry_path=registry_path
     )
-    results = []
-    for shard in p["shards"]:
-        results.append(run_shard(dataset_id, p["dataset_version"], shard, registry_path))
-    return finalize(dataset_id, p["dataset_version"], p, results, registry_path=registry_path)
+    try:
+        results = []
+        for shard in p["shards"]:
+            results.append(run_shard(dataset_id, p["dataset_version"], shard, registry_path))
+        return finalize(dataset_id, p["dataset_version"], p, results, registry_path=registry_path)
+    finally:
+        release_lease(dataset_id, p["dataset_version"], run_id, registry_path=registry_path)
 
 
 def run_shard(dataset_id: str, version: str, manifest_uri: str, registry_path=None) -> dict:

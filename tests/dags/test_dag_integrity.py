@@ -34,6 +34,11 @@ PROBE = textwrap.dedent(
                 "schedule": str(getattr(d.timetable, "_expression", d.timetable)),
                 "params": sorted(d.params.keys()),
                 "doc": bool(d.doc_md),
+                "max_active_runs": d.max_active_runs,
+                "teardowns": sorted(t.task_id for t in d.tasks if t.is_teardown),
+                "setups": sorted(t.task_id for t in d.tasks if t.is_setup),
+                "version_param": d.params.get_param("version").schema
+                if "version" in d.params else None,
             }
             for d in bag.dags.values()
         },
@@ -107,12 +112,19 @@ def test_dags_have_tags_retries_params_and_docs(tmp_path):
         assert d["tasks"] == [
             "finalize",
             "plan",
+            "release_lease",
             "shard.preprocess",
             "shard.tag_embed",
             "shard.upsert",
         ]
         assert d["params"] == ["mode", "shard_size", "version"]
         assert d["doc"]
+        # versions of one dataset index side by side; plan's lease is given back by a teardown
+        assert d["max_active_runs"] > 1
+        assert d["setups"] == ["plan"] and d["teardowns"] == ["release_lease"]
+        # free text (logical versions are registered at run time), suggested from the registry
+        assert "enum" not in d["version_param"] and d["version_param"]["type"] == "string"
+    assert bucket["version_param"]["examples"] == ["v1", "v2"]
     assert "0 0 * * *" in local["schedule"]
     assert bucket["pools"]["shard.tag_embed"] == "dashscope"
     assert bucket["queues"]["shard.tag_embed"] == "gpu"
