@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from imagezoo import make_photo
 from test_export import indexed  # noqa: F401  (fixture)
 
 from imageindex.cli import main
@@ -88,6 +89,13 @@ def test_export_and_logical_version_from_the_cli(indexed, capsys):  # noqa: F811
     assert json.loads(stdout)["version"] == "picked"
     code, stdout, _ = run(capsys, "index", "--dataset", "t", "--version", "picked")
     assert json.loads(stdout)["reused"] == 4
+    (indexed["tmp"] / "copy").mkdir()
+    make_photo(indexed["tmp"] / "copy" / "c.jpg", seed=3)
+    code, stdout, _ = run(
+        capsys, "index", "--dataset", "t", "--version", "copy", "--version", "picked"
+    )
+    reports = [json.loads(d) for d in stdout.replace("}\n{", "}\x00{").split("\x00")]
+    assert [(r["dataset_version"], r["new"]) for r in reports] == [("copy", 1), ("picked", 0)]
     code, stdout, _ = run(capsys, "datasets")
     lines = [ln.split("\t") for ln in stdout.splitlines()]
     assert lines[0][:3] == ["t", "picked ", "4"] and lines[0][3].startswith("manifest:")

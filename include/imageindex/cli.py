@@ -103,9 +103,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--description", default="", help="--to-version: a note kept with it")
 
-    i = sub.add_parser("index", help="index a dataset version in this process (no Airflow)")
+    i = sub.add_parser("index", help="index dataset versions in this process (no Airflow)")
     i.add_argument("--dataset", required=True)
-    i.add_argument("--version")
+    i.add_argument(
+        "--version",
+        action="append",
+        help="version to index (default: the current one); repeat to backfill several in a row",
+    )
     i.add_argument("--mode", choices=["incremental", "full"], default="incremental")
     i.add_argument("--shard-size", type=int)
 
@@ -163,14 +167,16 @@ def _export(args) -> int:
 def _index(args) -> int:
     from imageindex.pipeline import run_all
 
-    report = run_all(
-        args.dataset,
-        args.version,
-        mode=args.mode,
-        shard_size=args.shard_size,
-        registry_path=args.registry,
-    )
-    print(json.dumps({k: v for k, v in report.items() if k != "failures"}, indent=2))
+    for version in args.version or [None]:
+        report = run_all(
+            args.dataset,
+            version,
+            mode=args.mode,
+            shard_size=args.shard_size,
+            registry_path=args.registry,
+        )
+        # one JSON document per version, in order
+        print(json.dumps({k: v for k, v in report.items() if k != "failures"}, indent=2))
     return 0
 
 
