@@ -65,7 +65,9 @@ def build_dag(ds: DatasetSpec):
         dag_id=f"imageindex_{ds.id}",
         description=f"Index dataset '{ds.id}' (plan → preprocess → tag_embed → upsert → finalize)",
         doc_md=__doc__,
-        schedule=ds.schedule,
+        schedule=[Asset(uri) for uri in ds.schedule]
+        if isinstance(ds.schedule, tuple)
+        else ds.schedule,
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
         catchup=False,
         # Runs of different versions go side by side (a backfill of v2 does not hold up the

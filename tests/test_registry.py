@@ -78,6 +78,11 @@ def test_file_uri_source(tmp_path):
         ),
         ("datasets:\n  - id: a\n    versions: {v1: {sorce: /x}}\n", "unknown field(s) ['sorce']"),
         ("datasets:\n  - id: a\n    versions: {v1: /x}\n    feature_table: 3\n", "feature_table"),
+        (
+            "datasets:\n  - id: a\n    versions: {v1: /x}\n    schedule: {assets: [nouri]}\n",
+            "schedule.assets",
+        ),
+        ("datasets:\n  - id: a\n    versions: {v1: /x}\n    schedule: {cron: x}\n", "{assets:"),
         ("datasets: [\n", "not valid YAML"),
         ("datasets: {a: 1}\n", "must be a list"),
     ],

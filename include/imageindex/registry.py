@@ -85,7 +85,8 @@ class DatasetSpec:
     tagger: dict = field(default_factory=lambda: {"type": "offline"})
     embedder: dict = field(default_factory=lambda: {"type": "offline"})
     store: dict = field(default_factory=dict)
-    schedule: str | None = None
+    #: a preset or cron expression, a tuple of asset uris (asset-triggered), or None (manual)
+    schedule: str | tuple[str, ...] | None = None
     fingerprint: str = "stat"
     s3_conn_id: str | None = None
     shard_size: int | None = None
@@ -253,7 +254,16 @@ def _parse_dataset(
         tagger["definitions"] = str(defs if defs.is_absolute() else base_dir / defs)
 
     schedule = item.get("schedule")
-    if schedule is not None:
+    if isinstance(schedule, dict):
+        # {assets: [uri, ...]}: run when an upstream DAG updates any of these Airflow assets
+        assets = schedule.get("assets")
+        if set(schedule) != {"assets"} or not isinstance(assets, list) or not assets:
+            raise err("schedule", "as a mapping it must be {assets: [asset uri, ...]}")
+        for a in assets:
+            if not isinstance(a, str) or "://" not in a:
+                raise err("schedule.assets", f"{a!r} is not an asset uri like s3://bucket/x")
+        schedule = tuple(assets)
+    elif schedule is not None:
         schedule = str(schedule).strip()
         if not (schedule in _SCHEDULE_PRESETS or len(schedule.split()) == 5):
             raise err(

@@ -135,3 +135,14 @@ def test_broken_registry_is_an_import_error_naming_the_field(tmp_path):
     result = parse_dags(tmp_path, "datasets:\n  - id: x\n    versions: {v1: 'ftp://nope'}\n")
     assert len(result["errors"]) == 1
     assert "versions.v1.source" in next(iter(result["errors"].values()))
+
+
+def test_a_dataset_can_be_scheduled_on_upstream_assets(tmp_path):
+    registry = (
+        "datasets:\n  - id: fed\n    versions: {v1: /nonexistent}\n"
+        "    schedule: {assets: ['s3://upstream/photos', 'imageindex://features/other']}\n"
+    )
+    result = parse_dags(tmp_path, registry)
+    assert result["errors"] == {}
+    schedule = result["dags"]["imageindex_fed"]["schedule"]
+    assert "AssetTriggeredTimetable" in schedule or "Asset" in schedule, schedule
