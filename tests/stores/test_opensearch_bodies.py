@@ -604,6 +604,38 @@ def test_count_get_and_iter_state_bodies(store, cluster):
     assert second["search_after"] == ["b"]
 
 
+def test_iter_documents_bodies(store, cluster):
+    src = {**_source("a"), "vector": [0.5, 0.5, 0.5, 0.5]}
+    cluster.search_responses = [
+        [{"_id": "a", "_source": src, "sort": ["a"]}, {"_id": "b", "_source": {**src, "id": "b"}, "sort": ["b"]}],
+        [],
+    ]  # fmt: skip
+    batches = list(store.iter_documents("ds", version="v1", batch_size=2))
+    assert [b.num_rows for b in batches] == [2]
+    assert batches[0].schema == document_schema(DIM)
+    row = batches[0].to_pylist()[0]
+    assert row["vector"] == [0.5] * 4 and row["mtime"] == T0 and row["tags_ai"] == ["cat"]
+    first, second = (r.body for r in cluster.of("POST", "/_search"))
+    assert first == {
+        "size": 2,
+        "query": {"bool": {"filter": [{"term": {"dataset_version": "v1"}}]}},
+        "sort": [{"id": {"order": "asc"}}],
+        "_source": {"includes": document_schema(DIM).names},
+        "track_total_hits": False,
+    }
+    assert second["search_after"] == ["b"]
+
+    cluster.requests.clear()
+    cluster.search_responses = [[{"_id": "a", "_source": {"id": "a", "uri": "u"}, "sort": ["a"]}]]
+    got = list(store.iter_documents("ds", ids=["a", "zz", "a"], columns=["id", "uri"]))
+    assert got[0].to_pylist() == [{"id": "a", "uri": "u"}]
+    (req,) = cluster.of("POST", "/_search")
+    assert req.body["query"] == {"bool": {"filter": [{"ids": {"values": ["a", "zz"]}}]}}
+    assert req.body["_source"] == {"includes": ["id", "uri"]}
+    with pytest.raises(ConfigError, match="unknown document column"):
+        list(store.iter_documents("ds", columns=["nope"]))
+
+
 def test_missing_index_reads(cluster):
     store = make_store(cluster)
     assert store.table_info("ds") is None
