@@ -51,8 +51,9 @@ def features_asset(dataset_id: str) -> Asset:
 def stage_args(ds: DatasetSpec, stage: str) -> dict:
     """Per-stage Airflow settings from the registry (pools for paid APIs, queues for GPUs)."""
     opts = dict(ds.tasks.get(stage, {}))
-    if "execution_timeout_s" in opts:
-        opts["execution_timeout"] = timedelta(seconds=opts.pop("execution_timeout_s"))
+    # A hung store or S3 endpoint must not hold a worker for hours: every task has a limit.
+    seconds = opts.pop("execution_timeout_s", None) or settings().task_timeout_s
+    opts["execution_timeout"] = timedelta(seconds=seconds)
     return opts
 
 

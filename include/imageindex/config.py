@@ -18,6 +18,7 @@ IMAGEINDEX_RETRIES              task retries                             ``3``
 IMAGEINDEX_RETRY_DELAY_S        first retry delay, doubles each retry    ``30``
 IMAGEINDEX_MAX_DELETE_FRACTION  refuse deletes above this share          ``0.5``
 IMAGEINDEX_RUN_LEASE_S          a version's run lease, seconds           ``86400``
+IMAGEINDEX_TASK_TIMEOUT_S       default Airflow task execution timeout   ``21600``
 ==============================  =======================================  =========================
 """
 
@@ -70,6 +71,7 @@ class Settings:
     retry_delay_s: float
     max_delete_fraction: float
     run_lease_s: int
+    task_timeout_s: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -90,6 +92,7 @@ class Settings:
             retry_delay_s=_float("IMAGEINDEX_RETRY_DELAY_S", 30.0, 0.0, 86400.0),
             max_delete_fraction=_float("IMAGEINDEX_MAX_DELETE_FRACTION", 0.5, 0.0, 1.0),
             run_lease_s=_int("IMAGEINDEX_RUN_LEASE_S", 86400, minimum=1),
+            task_timeout_s=_int("IMAGEINDEX_TASK_TIMEOUT_S", 21600, minimum=1),
         )
 
 

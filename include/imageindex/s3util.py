@@ -204,10 +204,12 @@ def s3_error(exc: BaseException, *, uri: str, conn_id: str, action: str) -> Sour
     """
     from botocore.exceptions import (
         ClientError,
+        ConnectionClosedError,
         ConnectTimeoutError,
         EndpointConnectionError,
         NoCredentialsError,
         PartialCredentialsError,
+        ReadTimeoutError,
     )
 
     bucket = parse_s3_uri(uri)[0] if uri.startswith("s3://") else "?"
@@ -221,6 +223,11 @@ def s3_error(exc: BaseException, *, uri: str, conn_id: str, action: str) -> Sour
         return SourceError(
             f"cannot {action} {uri}: the S3 endpoint is unreachable ({exc}); "
             f"check endpoint_url in {conn} and that the server is up"
+        )
+    if isinstance(exc, ReadTimeoutError | ConnectionClosedError):
+        return SourceError(
+            f"cannot {action} {uri}: the S3 endpoint did not answer ({exc}); check that the "
+            f"server behind {conn} is up and not overloaded"
         )
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})

@@ -35,6 +35,10 @@ PROBE = textwrap.dedent(
                 "params": sorted(d.params.keys()),
                 "doc": bool(d.doc_md),
                 "max_active_runs": d.max_active_runs,
+                "timeouts": {
+                    t.task_id: t.execution_timeout.total_seconds()
+                    if t.execution_timeout else None for t in d.tasks
+                },
                 "teardowns": sorted(t.task_id for t in d.tasks if t.is_teardown),
                 "setups": sorted(t.task_id for t in d.tasks if t.is_setup),
                 "version_param": d.params.get_param("version").schema
@@ -121,6 +125,8 @@ def test_dags_have_tags_retries_params_and_docs(tmp_path):
         assert d["doc"]
         # versions of one dataset index side by side; plan's lease is given back by a teardown
         assert d["max_active_runs"] > 1
+        # a hung store or endpoint fails a task instead of holding a worker forever
+        assert all(v and v > 0 for k, v in d["timeouts"].items() if k != "release_lease"), d
         assert d["setups"] == ["plan"] and d["teardowns"] == ["release_lease"]
         # free text (logical versions are registered at run time), suggested from the registry
         assert "enum" not in d["version_param"] and d["version_param"]["type"] == "string"

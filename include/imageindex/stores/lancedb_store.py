@@ -67,6 +67,9 @@ def vector_index_partitions(rows: int) -> int:
 
 DOC_COLUMNS = [f.name for f in document_schema(1) if f.name != "vector"]
 
+#: storage_options given to remote (s3://, gs://, az://) stores unless the registry sets them.
+REMOTE_TIMEOUTS = {"connect_timeout": "10s", "timeout": "120s"}
+
 #: Scalar indexes optimize() maintains, by column.
 SCALAR_INDEXES: dict[str, Callable[[], Any]] = {
     "id": BTree,
@@ -245,7 +248,11 @@ class LanceDBStore(VectorStore):
         self._lock_dir = Path(uri) / "_locks" if file_lock else None
         #: counters for tests and benchmarks: batches, lance_attempts, conflict_retries
         self.stats: Counter[str] = Counter()
-        self._storage_options = storage_options
+        # A remote store that accepts connections but never answers must fail, not hang a worker:
+        # object_store's defaults wait without limit. Explicit options win.
+        self._storage_options = (
+            storage_options if self.local else {**REMOTE_TIMEOUTS, **(storage_options or {})}
+        )
         self._conn = None
         self._tables: dict[str, Any] = {}
 
@@ -267,8 +274,8 @@ class LanceDBStore(VectorStore):
             except Exception as exc:
                 hint = "storage_options (endpoint, region, credentials)" if not self.local else ""
                 raise StoreError(
-                    f"cannot open LanceDB store {self.uri!r}: {exc}; check the store uri"
-                    + (f" and {hint}" if hint else "")
+                    f"cannot open LanceDB store {self.uri!r}: {exc}; check that the store is "
+                    "reachable, the store uri" + (f" and {hint}" if hint else "")
                 ) from exc
         return self._conn
 
