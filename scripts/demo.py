@@ -38,6 +38,14 @@ def main() -> int:
             env=env,
             check=True,
         )
+    # The managed service's "export results": every animal photo, as a file list for training.
+    dest = var / "exports" / "animals.jsonl"
+    print(f"\n$ imageindex export --dataset samples --tags-any Animal --to {dest}")
+    subprocess.run(
+        [*imageindex, "export", "--dataset", "samples", "--tags-any", "Animal", "--to", str(dest)],
+        env=env,
+        check=True,
+    )
     return 0
 
 
