@@ -226,3 +226,16 @@ def test_other_schemes_are_refused():
 
 def test_local_source_repr(tmp_path: Path):
     assert "LocalSource" in repr(LocalSource(tmp_path))
+
+
+def test_listed_uris_are_exactly_path_as_uri(tmp_path):
+    names = ["a b.jpg", "100%.jpg", "ü日本.png", "x#y?.jpg", "semi;colon&+=.jpg", "q'\"t.jpg"]
+    sub = tmp_path / "d ir" / "ñ"
+    sub.mkdir(parents=True)
+    for n in names:
+        (sub / n).write_bytes(b"x")
+    got = {e.key: e.uri for e in LocalSource(tmp_path).iter_files()}
+    assert got == {f"d ir/ñ/{n}": (sub / n).as_uri() for n in names}
+    # and they read back through the same source
+    src = LocalSource(tmp_path)
+    assert all(src.read_bytes(u) == b"x" for u in got.values())

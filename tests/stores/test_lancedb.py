@@ -491,6 +491,37 @@ def test_vector_index_and_selective_filter_fallback(tmp_path):
     assert s.optimize(DS)["rows"] == n + 1
 
 
+def test_optimize_adds_index_segments_then_rebuilds(tmp_path, monkeypatch):
+    """New rows are indexed as added segments (the trained partitions stay: Table.optimize's
+    merge collapsed them to one and cut recall); too many segments trigger one full rebuild."""
+    from imageindex.stores import lancedb_store
+
+    monkeypatch.setattr(lancedb_store, "MAX_INDEX_SEGMENTS", 3)
+    s = LanceDBStore(str(tmp_path), index_min_rows=256, index_partitions=4)
+    s.ensure_table(DS, model=MODEL, dim=16)
+    rng = np.random.default_rng(5)
+    vecs = rng.normal(size=(1200, 16)).astype(np.float32)
+    s.upsert(DS, make_rows(600, dim=16, vectors=vecs[:600]))
+    s.optimize(DS)
+    tbl = s._open(DS)
+    assert tbl.index_stats("vector_idx").num_indices == 1
+    for k in range(2):
+        lo = 600 + 100 * k
+        s.upsert(DS, make_rows(100, dim=16, start=lo, vectors=vecs[lo : lo + 100]))
+        out = s.optimize(DS)
+        stats = s._open(DS).index_stats("vector_idx")
+        assert stats.num_unindexed_rows == 0 and stats.num_indexed_rows == 700 + 100 * k
+        assert stats.num_indices == 2 + k and out["indexes_created"] == []
+        # every new row is found through the index, by itself
+        s.exact_search_min_rows = 1
+        got = s.search(DS, vecs[lo + 50], Filter(), top_k=1)
+        assert got[0].id == make_rows(1, dim=16, start=lo + 50)["id"][0].as_py()
+    s.upsert(DS, make_rows(100, dim=16, start=800, vectors=vecs[800:900]))
+    out = s.optimize(DS)
+    assert any(c.startswith("vector:IVF_HNSW_SQ (rebuilt from 4") for c in out["indexes_created"])
+    assert s._open(DS).index_stats("vector_idx").num_indices == 1
+
+
 # ------------------------------------------------------------------------------- retries
 
 

@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import quote_from_bytes, unquote_to_bytes, urlsplit
 
 from imageindex.errors import ConfigError, SourceError
 from imageindex.sources.base import FINGERPRINTS, Source, is_image_name
@@ -92,13 +92,14 @@ class LocalSource(Source):
                         f"cannot stat {entry.path}: {exc.strerror or exc}; fix its permissions "
                         "or remove it (skipping it would count it as deleted)"
                     ) from exc
-                path = Path(entry.path)
                 yield FileEntry(
-                    uri=path.as_uri(),
+                    # Path(p).as_uri() for an absolute POSIX path, without building a Path per
+                    # file (a third of the listing time at a million files)
+                    uri="file://" + quote_from_bytes(os.fsencode(entry.path)),
                     key=rel + name,
                     size=st.st_size,
                     mtime=st.st_mtime,
-                    fingerprint=self._fingerprint(path, st),
+                    fingerprint=self._fingerprint(entry.path, st),
                 )
             stack.extend(reversed(subdirs))
 
@@ -129,7 +130,7 @@ class LocalSource(Source):
                 f"cannot list folder {dir_path}: {exc.strerror or exc}; check the mount"
             ) from exc
 
-    def _fingerprint(self, path: Path, st: os.stat_result) -> str:
+    def _fingerprint(self, path: Path | str, st: os.stat_result) -> str:
         if self.fingerprint == "stat":
             return f"stat:{st.st_size}-{st.st_mtime_ns}"
         digest = hashlib.sha256()

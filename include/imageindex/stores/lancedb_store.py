@@ -705,10 +705,27 @@ class LanceDBStore(VectorStore):
             fragments_before = len(tbl.to_lance().get_fragments())
             # Many small per-batch fragments slow every scan, and rows written since the indexes
             # were built are searched by brute force until this folds them in.
-            self._retrying(f"optimize {name} ({self.uri})", tbl.optimize)
+            self._retrying(f"optimize {name} ({self.uri})", lambda: _compact_and_index(tbl))
+            tbl.checkout_latest()
             rows = tbl.count_rows()
             have = {tuple(ix.columns) for ix in tbl.list_indices()}
             created: list[str] = []
+            # New rows go into small index segments (cheap, exact partitions kept); once they
+            # pile up, indexes are rebuilt in full, sized for today's row count.
+            for ix in tbl.list_indices():
+                segments = tbl.index_stats(ix.name).num_indices
+                if segments > MAX_INDEX_SEGMENTS and rows:
+                    column = ix.columns[0]
+                    if column == "vector":
+                        partitions = self.index_partitions or vector_index_partitions(rows)
+                        config = HnswSq(distance_type="cosine", num_partitions=partitions)
+                        kind = "IVF_HNSW_SQ"
+                    elif column in SCALAR_INDEXES:
+                        config, kind = SCALAR_INDEXES[column](), SCALAR_INDEXES[column].__name__
+                    else:
+                        continue
+                    tbl.create_index(column, config=config, replace=True)
+                    created.append(f"{column}:{kind} (rebuilt from {segments} segments)")
             if rows:
                 for column, config in SCALAR_INDEXES.items():
                     if (column,) not in have:
@@ -735,6 +752,23 @@ class LanceDBStore(VectorStore):
             "vector_index": vector_index,
             "vector_index_min_rows": self.index_min_rows,
         }
+
+
+#: Index segments (one per optimize that found new rows) before an index is rebuilt in full.
+MAX_INDEX_SEGMENTS = 8
+
+
+def _compact_and_index(tbl) -> None:
+    """Compact small fragments and index new rows as an added segment of each index.
+
+    Not ``Table.optimize()``: its default merges the new rows into the existing vector index by
+    retraining it, which at 100k rows collapsed IVF_HNSW_SQ to a single partition (recall@10
+    0.96 → 0.62) and cost a full index build on every run that wrote rows.
+    """
+    ds = tbl.to_lance()
+    ds.optimize.compact_files()
+    ds.optimize.optimize_indices(num_indices_to_merge=0)
+    ds.cleanup_old_versions(older_than=timedelta(days=7))
 
 
 def _keyset_sql(field: str, desc: bool, last, last_id: str) -> str:
