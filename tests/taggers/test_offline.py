@@ -180,3 +180,33 @@ def test_states_and_definition_cache(embedder, embeddings, tmp_path):
     first = definition_vectors(embedder, defs)
     assert definition_vectors(embedder, load_tag_definitions(path)) is first
     assert first.vectors.shape == (len(defs.tags), embedder.dim)
+
+
+def test_a_fresh_worker_tags_without_loading_the_text_model(tmp_path):
+    """Tag-definition vectors are cached on disk, so a new task process needs only ONNX."""
+    import subprocess
+    import sys
+
+    defs = Path(__file__).resolve().parents[2] / "config" / "tags" / "samples.json"
+    code = f"""
+import json, sys
+import numpy as np
+from imageindex.embedders import get_embedder
+from imageindex.taggers import get_tagger
+emb = get_embedder({{"type": "offline"}})
+tagger = get_tagger({{"type": "offline", "definitions": {str(defs)!r}}}, emb)
+img = np.full((1, 224, 224, 3), 120, np.uint8)
+tags = tagger.tag(emb.embed_images(img))
+print(json.dumps({{"tags": [t.name for t in tags[0]],
+                  "heavy": sorted(m for m in ("torch", "sentence_transformers") if m in sys.modules)}}))
+"""
+    runs = [
+        json.loads(
+            subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        for _ in range(2)
+    ]
+    assert runs[0]["tags"] == runs[1]["tags"]  # the cached vectors tag exactly as computed ones
+    assert runs[1]["heavy"] == [], runs[1]

@@ -21,6 +21,7 @@ fallback when ONNX export or ONNX Runtime is unavailable. Both give the same log
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -294,6 +295,7 @@ def _text_model_dir() -> Path:
     return path
 
 
+@functools.cache
 def _text_model_hash(path: Path) -> str:
     parts: list[str] = []
     for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix != ".md"):
@@ -466,6 +468,19 @@ class OfflineEmbedder(Embedder):
                 show_progress_bar=False,
             )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def embed_texts_cached(self, texts: Sequence[str], *, purpose: str) -> np.ndarray:
+        """:meth:`embed_texts` of a fixed list (tag definitions), cached on disk like the label
+        vectors: a fresh worker process then never loads the text model (torch) to tag."""
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, DIM), dtype=np.float32)
+        key = modelcache.content_hash([TEXT_MODEL, _text_model_hash(_text_model_dir()), *texts])
+        path = modelcache.cache_path(f"{purpose}-{TEXT_MODEL}", key, ".npy")
+        vectors = modelcache.load_or_compute_array(path, lambda: self.embed_texts(texts))
+        if vectors.shape != (len(texts), DIM) or vectors.dtype != np.float32:
+            vectors = self.embed_texts(texts)  # a damaged cache file: recompute, never guess
+        return vectors
 
     def top_classes(self, probs: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
         """The ``k`` most probable ``(label, p)`` per row, most probable first."""

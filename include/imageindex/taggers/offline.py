@@ -85,7 +85,11 @@ def definition_vectors(embedder: Embedder, definitions: TagDefinitions) -> _Defi
         if states
     ]
     flat = [t for _, _, ts in state_texts for t in ts]
-    vectors = embedder.embed_texts(texts + flat)
+    cached = getattr(embedder, "embed_texts_cached", None)
+    if cached is not None:
+        vectors = cached(texts + flat, purpose="tag-definitions")
+    else:
+        vectors = embedder.embed_texts(texts + flat)
     tag_vectors, state_vectors = vectors[: len(texts)], vectors[len(texts) :]
     state_background = _background(embedder, state_vectors)
     states: dict[int, tuple[list[str], np.ndarray, np.ndarray]] = {}
