@@ -39,6 +39,10 @@ bench: install
 	$(BIN)/python bench/bench_preprocess.py
 	$(BIN)/python bench/bench_embed.py
 	$(BIN)/python bench/bench_store.py
+	$(BIN)/python bench/bench_plan.py --n 100000
+	$(BIN)/python bench/bench_nochange.py --n 100000
+	$(BIN)/python bench/bench_e2e.py --n 1000
+	$(BIN)/python bench/bench_export.py --n 100000
 
 clean:
 	rm -rf var test-output
