@@ -702,9 +702,7 @@ def build_documents(
             detail.append(None)
             dhash.append(None)
     now = datetime.now(UTC)
-    # Rounded exactly as plan() rounds the listing's mtime, so an untouched file diffs as unchanged.
-    mtimes = pc.round(pc.multiply(pre.column("mtime"), 1e6)).cast(pa.int64())
-    mtimes = mtimes.cast(pa.timestamp("us", "UTC"))
+    mtimes = _mtime_timestamps(pre.column("mtime"))
     cols = {
         "id": pre.column("id"),
         "dataset_id": pa.array([dataset_id] * n, pa.string()),
@@ -732,6 +730,13 @@ def build_documents(
         "indexed_at": pa.array([now] * n, pa.timestamp("us", "UTC")),
     }
     return pa.table([_as_type(cols[f.name], f.type) for f in schema], schema=schema)
+
+
+def _mtime_timestamps(seconds) -> pa.Array:
+    """Listing mtimes (float seconds) as UTC µs timestamps, rounded exactly as plan() rounds
+    the listing's mtime, so an untouched file diffs as unchanged."""
+    micros = pc.round(pc.multiply(seconds, 1e6)).cast(pa.int64())
+    return micros.cast(pa.timestamp("us", "UTC"))
 
 
 def _as_type(values, typ: pa.DataType):
@@ -819,7 +824,6 @@ def _reused_documents(
     copies = src.take(pa.array(take, pa.int64()))
     rows = rows.take(pa.array(keep, pa.int64()))
     n = rows.num_rows
-    mtimes = pc.round(pc.multiply(rows.column("mtime"), 1e6)).cast(pa.int64())
     replace = {
         "id": rows.column("id"),
         "dataset_id": pa.array([dataset_id] * n, pa.string()),
@@ -828,7 +832,7 @@ def _reused_documents(
         "key": rows.column("key"),
         "file_name": pa.array([k.rsplit("/", 1)[-1] for k in rows.column("key").to_pylist()]),
         "size": rows.column("size"),
-        "mtime": mtimes.cast(pa.timestamp("us", "UTC")),
+        "mtime": _mtime_timestamps(rows.column("mtime")),
         "fingerprint": rows.column("fingerprint"),
         "indexed_at": pa.array([datetime.now(UTC)] * n, pa.timestamp("us", "UTC")),
     }
