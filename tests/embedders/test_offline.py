@@ -7,6 +7,7 @@ temporary root, shared with ``tests/taggers`` so the label embeddings are comput
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -318,7 +319,25 @@ def test_imagenet_top1_accuracy(embedder):
     assert top5 >= 0.95, top5
 
 
-def test_offline_env_is_forced(embedder):
-    embedder.embed_texts(["x"])
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
-    assert os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+def test_loading_the_text_model_forces_hugging_face_offline():
+    """A process that starts with downloads allowed still loads MiniLM with them forbidden.
+
+    Runs in a child process: this one inherits HF_HUB_OFFLINE=1 from tests/conftest.py, and
+    huggingface_hub reads the variable once, when it is first imported.
+    """
+    pytest.importorskip("sentence_transformers")
+    code = (
+        "import json, os\n"
+        "from imageindex.embedders.offline import load_text_model\n"
+        "load_text_model()\n"
+        "import huggingface_hub.constants as c\n"
+        "print(json.dumps({'hub': c.HF_HUB_OFFLINE,\n"
+        "                  'env': [os.environ.get(n) for n in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE')]}))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen == {"hub": True, "env": ["1", "1"]}, seen

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -183,30 +184,52 @@ def test_states_and_definition_cache(embedder, embeddings, tmp_path):
 
 
 def test_a_fresh_worker_tags_without_loading_the_text_model(tmp_path):
-    """Tag-definition vectors are cached on disk, so a new task process needs only ONNX."""
+    """Tag-definition vectors are cached on disk, so a new task process needs only ONNX.
+
+    Two child processes tag the cat photo over a model cache that holds the ONNX graph and the
+    label vectors but no tag-definition vectors: the first embeds the definitions (loading
+    MiniLM) and stores them, the second reads them and must tag exactly alike without torch.
+    """
+    import shutil
     import subprocess
     import sys
 
+    from imageindex import modelcache
+
+    photo = _photo("skimage", "data/chelsea.png")
+    if photo is None:
+        pytest.skip("scikit-image sample photos are not installed")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if modelcache.cache_dir().is_dir():  # reuse the exported graph; else the first run builds it
+        for f in modelcache.cache_dir().iterdir():
+            if f.is_file() and not f.name.startswith("tag-definitions-"):
+                shutil.copy(f, cache / f.name)
     defs = Path(__file__).resolve().parents[2] / "config" / "tags" / "samples.json"
     code = f"""
 import json, sys
 import numpy as np
+from PIL import Image
 from imageindex.embedders import get_embedder
 from imageindex.taggers import get_tagger
 emb = get_embedder({{"type": "offline"}})
 tagger = get_tagger({{"type": "offline", "definitions": {str(defs)!r}}}, emb)
-img = np.full((1, 224, 224, 3), 120, np.uint8)
-tags = tagger.tag(emb.embed_images(img))
-print(json.dumps({{"tags": [t.name for t in tags[0]],
+with Image.open({str(photo)!r}) as im:
+    img = np.asarray(im.convert("RGB").resize((224, 224), Image.Resampling.BICUBIC))
+tags = tagger.tag(emb.embed_images([img]))
+print(json.dumps({{"tags": [[t.name, t.source] for t in tags[0]],
                   "heavy": sorted(m for m in ("torch", "sentence_transformers") if m in sys.modules)}}))
 """
-    runs = [
-        json.loads(
-            subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-            .stdout.strip()
-            .splitlines()[-1]
+    env = {**os.environ, "IMAGEINDEX_MODEL_CACHE": str(cache)}
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
         )
-        for _ in range(2)
-    ]
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert "sentence_transformers" in runs[0]["heavy"], "the first run must embed the definitions"
+    assert [f.name for f in cache.glob("tag-definitions-*.npy")], "and store them"
+    assert ["Animal", "definition"] in runs[0]["tags"], runs[0]
     assert runs[0]["tags"] == runs[1]["tags"]  # the cached vectors tag exactly as computed ones
     assert runs[1]["heavy"] == [], runs[1]
