@@ -1,7 +1,15 @@
-"""Run imageindex DAGs on a local, throwaway Airflow: SQLite, LocalExecutor, ``dag.test()``.
+"""Run imageindex DAGs on a local, throwaway Airflow (SQLite metadata database).
 
-Used by ``make demo``, ``make standalone`` and the end-to-end tests, so all three start Airflow
-the same way. ``python scripts/airflow_local.py run --dataset samples`` triggers one run.
+Used by ``make demo``, ``make standalone`` and the end-to-end tests, so all three configure
+Airflow the same way. ``python scripts/airflow_local.py run --dataset samples`` triggers one run.
+
+A run here is ``dag.test()`` in one child process: no scheduler and no executor. Every task,
+each mapped shard included, runs one after another inside that process (Airflow's
+``run_task_in_process``); a failed try waits out its retry delay and runs again there. So it
+shows that the DAG's tasks, XComs, retries and trigger rules work, not how an executor runs
+them: nothing runs in parallel, and what one task loads (models, clients) is still loaded for
+the next. ``AIRFLOW__CORE__EXECUTOR`` in :func:`airflow_env` is for the processes that read it
+(``make standalone``'s scheduler); ``dag.test()`` ignores it.
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ def migrate(env: dict[str, str]) -> None:
 
 
 def run_dag(env: dict[str, str], dataset: str, conf: dict | None = None, timeout: float = 1800):
-    """Trigger one run with ``dag.test()`` in a child process; returns (state, seconds)."""
+    """Trigger one run with ``dag.test()`` in a child process; returns (state, seconds, output)."""
     migrate(env)
     t0 = time.perf_counter()
     proc = subprocess.run(

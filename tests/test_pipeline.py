@@ -13,7 +13,7 @@ import pytest
 from imagezoo import make_photo, make_zoo
 
 from imageindex import pipeline
-from imageindex.errors import UnsafeDeleteError
+from imageindex.errors import SourceError, UnsafeDeleteError
 from imageindex.pipeline import shard_plan
 from imageindex.stores import open_store
 from imageindex.stores.base import Filter
@@ -166,8 +166,9 @@ def test_missing_source_folder_fails_before_any_delete(dataset):
     make_photo(dataset["src"] / "a.jpg")
     pipeline.run_all("t")
     dataset["src"].rename(dataset["tmp"] / "unmounted")
-    with pytest.raises(Exception, match="does not exist"):
+    with pytest.raises(SourceError, match="does not exist or is not mounted") as exc:
         pipeline.run_all("t")
+    assert str(dataset["src"]) in str(exc.value)
     assert len(stored(dataset)) == 1
 
 

@@ -199,7 +199,19 @@ def test_s3_deletes_in_batches(seaweedfs, monkeypatch):
     client = seaweedfs.client()
     for i in range(8):
         client.put_object(Bucket=bucket, Key=f"run/{i:05d}", Body=b"")
-    assert staging.delete_prefix(staging.join("run")) == 8
+    # What each DeleteObjects request carries, seen by botocore's own event hook (S3 takes at
+    # most 1000 keys a request; DELETE_BATCH is 3 here, so 8 keys need three requests).
+    sizes: list[int] = []
+
+    def count_keys(params, **_):
+        sizes.append(len(params["Delete"]["Objects"]))
+
+    staging.client.meta.events.register("before-parameter-build.s3.DeleteObjects", count_keys)
+    try:
+        assert staging.delete_prefix(staging.join("run")) == 8
+    finally:
+        staging.client.meta.events.unregister("before-parameter-build.s3.DeleteObjects", count_keys)
+    assert sizes == [3, 3, 2]
     assert client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
 
 
