@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format standalone bench clean
+.PHONY: install demo test lint format standalone opensearch bench clean
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ test: lint
 standalone: install
 	eval "$$($(BIN)/python scripts/airflow_local.py env)" && \
 	  AIRFLOW__API__HOST=127.0.0.1 PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/airflow standalone
+
+# A local OpenSearch 2.19 node with the k-NN plugin (Java 17+ and Maven; data in var/opensearch).
+# It prints its URL (port 9200 or the next free one); use it as opensearch://127.0.0.1:PORT.
+opensearch:
+	opensearch/node.sh run var/opensearch $${OPENSEARCH_PORT:-9200-9300}
 
 bench: install
 	$(BIN)/python bench/bench_preprocess.py

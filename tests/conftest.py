@@ -22,6 +22,7 @@ os.environ.setdefault(
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import opensearch_node  # noqa: E402
 from seaweedfs import SeaweedFS, find_weed  # noqa: E402
 from seaweedfs import start as start_seaweedfs  # noqa: E402
 
@@ -49,3 +50,24 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
         fs.stop()
         # Cached clients point at a server that is gone.
         clear_client_cache()
+
+
+@pytest.fixture(scope="session")
+def opensearch_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a live OpenSearch with the k-NN plugin: ``OPENSEARCH_URL`` when set (an
+    existing cluster), else one node this session starts from ``opensearch/`` (Java 17+, Maven).
+
+    Tests share the cluster, so each uses its own index prefix.
+    """
+    url = os.environ.get("OPENSEARCH_URL")
+    if url:
+        yield url
+        return
+    reason = opensearch_node.missing_tools()
+    if reason:
+        pytest.skip(f"no OPENSEARCH_URL and no local node: {reason}")
+    node = opensearch_node.start(tmp_path_factory.mktemp("opensearch"))
+    try:
+        yield node.url
+    finally:
+        node.stop()

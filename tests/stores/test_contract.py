@@ -1,7 +1,7 @@
-"""The contract every store keeps, run against each real store: LanceDB always (a temporary
-directory), OpenSearch when ``OPENSEARCH_URL`` names a live cluster
-(``OPENSEARCH_VERIFY_CERTS=false`` for a self-signed demo cluster). There is no fake OpenSearch:
-request bodies are pinned separately in test_opensearch_bodies.py.
+"""The contract every store keeps, run against each real store: LanceDB (a temporary directory)
+and OpenSearch: a local node the session starts (Java 17+ and Maven), or the cluster
+``OPENSEARCH_URL`` names (``OPENSEARCH_VERIFY_CERTS=false`` for a self-signed demo cluster).
+OpenSearch-only behaviour against the live node is in test_opensearch_live.py.
 
 Vectors are hand-made in 8 dimensions, mostly in the plane of e0 and e1 at known angles, so the
 cosine to the query e0 - and with it every expected ordering - is exact.
@@ -101,10 +101,8 @@ def backend(request, tmp_path):
     if request.param == "lancedb":
         b = LanceBackend(tmp_path)
     else:
-        url = os.environ.get("OPENSEARCH_URL")
-        if not url:
-            pytest.skip("OPENSEARCH_URL not set: no live OpenSearch here")
-        b = OpenSearchBackend(url)
+        # A node this session starts, or the cluster OPENSEARCH_URL names (conftest.py).
+        b = OpenSearchBackend(request.getfixturevalue("opensearch_url"))
     try:
         yield b
     finally:
