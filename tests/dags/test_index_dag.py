@@ -4,6 +4,7 @@ LanceDB, and SeaweedFS for the S3 variant."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,22 +94,24 @@ def test_search_by_image_and_tags(samples_env):
         "50",
         "--json",
     )
-    hits = json.loads(out.stdout)
-    assert hits and all("Interior" in h["tags"]["ai"] for h in hits)
-    out = cli(
-        env,
-        "search",
-        "--dataset",
-        "samples",
-        "--text",
-        "a room",
-        "--tags-exclude",
-        "Interior",
-        "--top-k",
-        "200",
-        "--json",
+    interior = json.loads(out.stdout)
+    assert interior and all("Interior" in h["tags"]["ai"] for h in interior)
+
+    def search_all(*args: str) -> list[dict]:
+        out = cli(
+            env, "search", "--dataset", "samples", "--text", "a room", "--top-k", "200", *args
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    everything = search_all("--json")
+    assert len(everything) == sum(1 for p in (var / "samples").rglob("*") if p.is_file())
+    excluded = search_all("--tags-exclude", "Interior", "--json")
+    assert excluded and all("Interior" not in h["tags"]["ai"] for h in excluded)
+    # Exactly the photos without the tag: none lost, none kept that carry it.
+    assert sorted(h["uri"] for h in excluded) == sorted(
+        h["uri"] for h in everything if "Interior" not in h["tags"]["ai"]
     )
-    assert all("Interior" not in h["tags"]["ai"] for h in json.loads(out.stdout))
 
 
 def test_second_run_processes_nothing(samples_env):
@@ -183,3 +186,146 @@ def test_paging_through_filter_results(samples_env):
         env, "search", "--dataset", "samples", "--dsl", "tags:Interior", "--top-k", "500", "--json"
     )
     assert seen == [h["uri"] for h in json.loads(out.stdout)] and len(seen) > 7
+
+
+# --------------------------------------------------------------------------------------------
+# Defects found on a walk through `make standalone` (issue 11)
+
+
+def airflow_db(var: Path, sql: str, *args) -> list[tuple]:
+    import sqlite3
+
+    with sqlite3.connect(var / "airflow" / "airflow.db") as db:
+        return db.execute(sql, args).fetchall()
+
+
+def last_run(var: Path) -> str:
+    return airflow_db(
+        var, "SELECT run_id FROM dag_run WHERE dag_id='imageindex_samples' ORDER BY id DESC"
+    )[0][0]
+
+
+def task_states(var: Path, run_id: str) -> dict[str, tuple[str, int]]:
+    rows = airflow_db(
+        var,
+        "SELECT task_id, state, try_number FROM task_instance WHERE run_id=? AND map_index<=0",
+        run_id,
+    )
+    return {task: (state, tries) for task, state, tries in rows}
+
+
+def test_no_change_run_emits_no_asset_event_and_keeps_the_report(samples_env):
+    env, var = samples_env
+    events = (
+        "SELECT a.uri, count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id GROUP BY a.uri"
+    )
+    before = dict(airflow_db(var, events))
+    # the first run changed the version: one event per asset
+    assert before["imageindex://datasets/samples"] >= 1
+    assert before["imageindex://features/samples"] == before["imageindex://datasets/samples"]
+    state, _, output = run_dag(env, "samples", {})
+    assert state == "success", output[-3000:]
+    assert dict(airflow_db(var, events)) == before
+    run_id = last_run(var)
+    states = task_states(var, run_id)
+    assert states["publish"][0] == "skipped" and states["finalize"][0] == "success"
+    (value,) = airflow_db(
+        var,
+        "SELECT value FROM xcom WHERE run_id=? AND task_id='finalize' AND key='return_value'",
+        run_id,
+    )[0]
+    report = json.loads(value)
+    assert report["processed"] == 0 and report["listed"] > 0
+
+
+def test_unknown_version_fails_at_once_without_retries(samples_env):
+    env, var = samples_env
+    state, _, output = run_dag(env, "samples", {"version": "nope"})
+    assert state == "failed", output[-3000:]
+    states = task_states(var, last_run(var))
+    assert states["plan"] == ("failed", 1), states
+    assert "has no version 'nope'" in output
+
+
+def load_index_dag(monkeypatch, tmp_path):
+    import importlib.util
+
+    src = tmp_path / "src"
+    src.mkdir()
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(
+        f"datasets:\n  - id: t\n    versions: {{v1: {src}}}\n"
+        f"    store: {{uri: {tmp_path / 'store'}}}\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("IMAGEINDEX_REGISTRY", str(reg))
+    monkeypatch.setenv("IMAGEINDEX_HOME", str(tmp_path / "home"))
+    spec = importlib.util.spec_from_file_location(
+        "imageindex_index", REPO / "dags/imageindex_index.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.DAGS["t"]
+
+
+def stage_args(stage: str, staging: Path) -> tuple:
+    """Arguments of each stage task: staging files that are not there (a transient error)."""
+    shard = staging / "runs" / "t" / "v1" / "gone" / "shards" / "00000"
+    pre = {"preprocessed": str(shard / "preprocessed.parquet")}
+    return {
+        "plan": (),
+        "shard.preprocess": (str(shard / "manifest.parquet"),),
+        "shard.tag_embed": (pre,),
+        "shard.upsert": ({"pre": pre, "emb": {"features": str(shard / "features.parquet")}},),
+        "finalize": ([],),
+    }[stage]
+
+
+STAGES = ["plan", "shard.preprocess", "shard.tag_embed", "shard.upsert", "finalize"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_fails_at_once_on_errors_a_retry_cannot_fix(stage, monkeypatch, tmp_path):
+    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.sdk.execution_time.context import set_current_context
+
+    dag = load_index_dag(monkeypatch, tmp_path)
+    fn = dag.get_task(stage).python_callable
+    monkeypatch.delenv("IMAGEINDEX_TRY_NUMBER", raising=False)
+
+    def context(version: str) -> dict:
+        ti = type("TI", (), {"try_number": 3})()
+        params = {"version": version, "mode": "incremental", "shard_size": 10}
+        return {"ti": ti, "params": params, "run_id": "manual__x", "dag_run": None}
+
+    # a version missing from the registry (a RegistryError): no retry can fix it
+    with set_current_context(context("nope")), pytest.raises(AirflowFailException) as failed:
+        fn(*stage_args(stage, tmp_path / "home" / "staging"))
+    assert "RegistryError" in str(failed.value) and "has no version 'nope'" in str(failed.value)
+    assert os.environ["IMAGEINDEX_TRY_NUMBER"] == "3"  # exported for the fault hook
+    # a transient error (here: a staging file not there) keeps Airflow's retries
+    if stage.startswith("shard."):
+        with set_current_context(context("v1")), pytest.raises(FileNotFoundError):
+            fn(*stage_args(stage, tmp_path / "home" / "staging"))
+
+
+def test_dag_hands_the_try_number_to_the_fault_hook(samples_env):
+    env, var = samples_env
+    # The DAG overrides the outer try number with the task's own (1 under dag.test()).
+    state, _, output = run_dag(
+        {**env, "IMAGEINDEX_TRY_NUMBER": "7", "IMAGEINDEX_FAULT_EXIT_IN": "plan@7"}, "samples", {}
+    )
+    assert state == "success", output[-3000:]
+    lease = var / "staging" / "leases" / "samples" / "v1.json"
+    try:
+        state, _, output = run_dag(
+            {**env, "IMAGEINDEX_TRY_NUMBER": "7", "IMAGEINDEX_FAULT_EXIT_IN": "plan@1"},
+            "samples",
+            {},
+        )
+        assert (
+            state != "success"
+            and "fault injection: exiting in the middle of plan (try 1)" in output
+        )
+    finally:
+        lease.unlink(missing_ok=True)  # the killed run never gave its version back
