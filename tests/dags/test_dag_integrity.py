@@ -32,6 +32,10 @@ PROBE = textwrap.dedent(
                 "queues": {t.task_id: t.queue for t in d.tasks},
                 "tasks": sorted(t.task_id for t in d.tasks),
                 "schedule": str(getattr(d.timetable, "_expression", d.timetable)),
+                "schedule_assets": {
+                    "condition": type(d.timetable.asset_condition).__name__,
+                    "uris": sorted(a.uri for a in d.timetable.asset_condition.objects),
+                } if getattr(d.timetable, "asset_condition", None) is not None else None,
                 "params": sorted(d.params.keys()),
                 "doc": bool(d.doc_md),
                 "max_active_runs": d.max_active_runs,
@@ -116,6 +120,7 @@ def test_dags_have_tags_retries_params_and_docs(tmp_path):
         assert d["tasks"] == [
             "finalize",
             "plan",
+            "publish",
             "release_lease",
             "shard.preprocess",
             "shard.tag_embed",
@@ -150,5 +155,8 @@ def test_a_dataset_can_be_scheduled_on_upstream_assets(tmp_path):
     )
     result = parse_dags(tmp_path, registry)
     assert result["errors"] == {}
-    schedule = result["dags"]["imageindex_fed"]["schedule"]
-    assert "AssetTriggeredTimetable" in schedule or "Asset" in schedule, schedule
+    # Triggered when both upstream assets have been updated (a list means all of them).
+    assert result["dags"]["imageindex_fed"]["schedule_assets"] == {
+        "condition": "AssetAll",
+        "uris": ["imageindex://features/other", "s3://upstream/photos"],
+    }
