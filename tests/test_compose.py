@@ -32,6 +32,8 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 DOCKERIGNORE = ROOT / "docker" / "Dockerfile.dockerignore"
 REGISTRY = ROOT / "config" / "registry.compose.yaml"
+#: Airflow's settings: every Airflow service's env_file, and read by tests/integration/test_celery.py.
+AIRFLOW_ENV = ROOT / "docker" / "airflow.env"
 CONFIG_PY = ROOT / "include" / "imageindex" / "config.py"
 
 #: Airflow components and the `airflow` sub-command each runs.
@@ -484,7 +486,6 @@ def test_airflow_components_share_config(compose, resolved):
     values = {}
     for name in AIRFLOW_SERVICES:
         env = as_mapping(resolved[name]["environment"])
-        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         for key in shared:
             assert env.get(key), f"{name}: {key} is not set"
             values.setdefault(key, set()).add(env[key])
@@ -493,6 +494,26 @@ def test_airflow_components_share_config(compose, resolved):
     url = values["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].pop()
     assert url == "http://airflow-apiserver:8080/execution/"
     assert any(p.endswith(":8080") for p in resolved["airflow-apiserver"]["ports"])
+
+
+def test_airflow_env_file(compose, services):
+    """docker/airflow.env is every Airflow service's env_file and the only place of its settings
+    (the integration tier reads the same file); compose does not interpolate env_file values,
+    so the file holds plain values and no secret."""
+    settings = read_env_file(AIRFLOW_ENV)
+    assert settings["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert settings["AIRFLOW__CORE__AUTH_MANAGER"].endswith(".FabAuthManager")
+    common = as_mapping(compose["x-airflow-common-env"])
+    for name, value in settings.items():
+        assert re.fullmatch(r"[A-Z][A-Z0-9_]*", name), f"{AIRFLOW_ENV.name}: {name}"
+        assert "$" not in value and value[:1] not in ("'", '"'), f"{name}: plain values only"
+        assert not SECRET_NAME.search(name), f"{name}: secrets belong in .env"
+        assert name not in common, f"{name} is set in x-airflow-common-env too"
+    for name in AIRFLOW_SERVICES:
+        env_file = services[name].get("env_file")
+        assert env_file in (["docker/airflow.env"], "docker/airflow.env"), name
+        overlap = set(as_mapping(services[name]["environment"])) & set(settings)
+        assert not overlap, f"{name} overrides {sorted(overlap)} of docker/airflow.env"
 
 
 def test_no_secret_literals(compose, services):
