@@ -90,9 +90,22 @@ RUNNER = textwrap.dedent(
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     dr = module.eval_dag.test(run_conf=json.loads(sys.argv[2]))
+    tries = {
+        ti.task_id: [getattr(ti.state, "value", ti.state), ti.try_number]
+        for ti in dr.get_task_instances()
+    }
+    print(f"TASK_TRIES={json.dumps(tries)}", flush=True)
     print(f"DAGRUN_STATE={getattr(dr.state, 'value', dr.state)}", flush=True)
     """
 )
+
+
+def task_tries(output: str) -> dict[str, list]:
+    """``{task_id: [state, try_number]}`` that RUNNER printed for the run."""
+    for line in output.splitlines():
+        if line.startswith("TASK_TRIES="):
+            return json.loads(line.split("=", 1)[1])
+    raise AssertionError(f"no TASK_TRIES line in the output: {output[-3000:]}")
 
 
 def run_eval_dag(env: dict, conf: dict) -> tuple[str | None, str]:
@@ -140,8 +153,12 @@ def test_dag_run_evaluates_models_and_reports(tmp_path):
     )
     assert (out / "precision_at_k.png").read_bytes()[:4] == b"\x89PNG"
 
-    # A model name that does not exist fails the run in prepare, without retries.
+    # A model name that does not exist fails the run in prepare, without retries (prepare has
+    # retries=1: only AirflowFailException skips the second try), and nothing runs after it.
     state, output = run_eval_dag(env, {"models": ["clip"], "out_dir": str(tmp_path / "out2")})
     assert state == "failed"
     assert "model 'clip' is unknown" in output
+    tries = task_tries(output)
+    assert tries["prepare"] == ["failed", 1], tries
+    assert all(s == "upstream_failed" for t, (s, _) in tries.items() if t != "prepare"), tries
     assert not (tmp_path / "out2").exists()
