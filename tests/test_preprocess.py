@@ -17,6 +17,7 @@ from imageindex.preprocess import (
     DEFAULT_MAX_SIDE,
     Preprocessed,
     load_model_input,
+    model_input,
     preprocess_image,
     preprocess_many,
 )
@@ -268,6 +269,8 @@ def test_invalid_arguments_raise():
         preprocess_many([], threads=0)
     with pytest.raises(ValueError, match="quality"):
         preprocess_many([], quality=0)
+    with pytest.raises(ValueError, match="model_input_size"):
+        preprocess_many([], model_input_size=0)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 4])
@@ -331,3 +334,29 @@ def test_load_model_input(results):
     with pytest.raises(ImageError) as info:
         load_model_input(b"not an image")
     assert info.value.reason == "not_an_image"
+
+
+def test_model_input_is_the_decoded_thumbnail_to_the_bit(zoo):
+    root, expected = zoo
+    items = [(rel, (lambda p=root / rel: p.read_bytes())) for rel in expected]
+    for rel, res in preprocess_many(items, threads=2, model_input_size=96):
+        if not res.ok:
+            assert res.model_input is None, rel
+            continue
+        # Exactly what decoding the stored thumbnail gives (search by an indexed image does
+        # that), so a vector made from it equals one made from the thumbnail.
+        assert res.model_input == load_model_input(res.thumbnail, 96).tobytes(), rel
+    assert preprocess_image(make_jpeg_bytes(64, 48), name="x.jpg").model_input is None
+
+
+def test_model_input_reads_stored_pixels_and_decodes_otherwise(results):
+    thumb = results["good.jpg"].thumbnail
+    pixels = load_model_input(thumb, 32).tobytes()
+    # Stored pixels of the right size are used as they are: no thumbnail is decoded.
+    arr = model_input(pixels, b"", 32)
+    assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8 and arr.tobytes() == pixels
+    # None (a shard written before model inputs were stored) or another size: decode.
+    assert np.array_equal(model_input(None, thumb, 32), load_model_input(thumb, 32))
+    assert np.array_equal(model_input(pixels, thumb, 16), load_model_input(thumb, 16))
+    with pytest.raises(ImageError):
+        model_input(pixels, b"", 16)

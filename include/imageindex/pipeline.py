@@ -73,6 +73,8 @@ PREPROCESSED_SCHEMA = pa.schema(
         ("error_detail", pa.string()),
         ("thumbnail_uri", pa.string()),
         ("thumbnail", pa.binary()),
+        # the model's input pixels (preprocess.model_input): tag_embed decodes nothing
+        ("model_input", pa.binary()),
     ]
 )
 
@@ -473,6 +475,7 @@ def preprocess(
     threads: int = 2,
 ) -> dict:
     """Decode every file of a shard, make thumbnails, record metadata and per-file errors."""
+    from imageindex.embedders import model_input_size
     from imageindex.preprocess import preprocess_many
 
     t0 = time.perf_counter()
@@ -493,7 +496,11 @@ def preprocess(
     thumb_writes = []
     for row, (_, res) in zip(
         rows,
-        preprocess_many(((r["uri"], loader(r["uri"])) for r in rows), threads=threads),
+        preprocess_many(
+            ((r["uri"], loader(r["uri"])) for r in rows),
+            threads=threads,
+            model_input_size=model_input_size(dataset.embedder),
+        ),
         strict=True,
     ):
         for k in MANIFEST_SCHEMA.names:
@@ -509,6 +516,7 @@ def preprocess(
         out["error_detail"].append(res.error_detail)
         out["thumbnail_uri"].append(thumb_uri)
         out["thumbnail"].append(res.thumbnail)
+        out["model_input"].append(res.model_input)
         if res.ok:
             thumb_writes.append((thumb_uri, res.thumbnail))
         else:
@@ -558,18 +566,24 @@ def tag_embed(
     batch_size: int = 32,
 ) -> dict:
     """Embed and tag the shard's thumbnails; write vectors and tags to ``features.parquet``."""
-    from imageindex.preprocess import load_model_input
+    from imageindex.preprocess import model_input
 
     t0 = time.perf_counter()
     dataset = load_registry(registry_path).get(dataset_id)
     run = Run(dataset=dataset, version=version, run_dir="")
     staging = run.staging
-    table = staging.read_parquet(preprocessed_uri, columns=["id", "ok", "thumbnail"])
+    # Every column: a shard preprocessed before model_input existed has none (decoded below).
+    table = staging.read_parquet(preprocessed_uri)
     table = table.filter(pc.field("ok"))
     embedder = embedder_for(dataset)
     tagger = tagger_for(dataset, embedder)
     ids = table.column("id").to_pylist()
     thumbs = table.column("thumbnail").to_pylist()
+    pixels = (
+        table.column("model_input").to_pylist()
+        if "model_input" in table.column_names
+        else [None] * len(ids)
+    )
     vectors = np.zeros((len(ids), embedder.dim), dtype=np.float32)
     tags_ai: list[list[str]] = []
     tags_detail: list[str] = []
@@ -584,14 +598,16 @@ def tag_embed(
     with ThreadPoolExecutor(max_workers=2) as pool:
         batches = [(s, thumbs[s : s + batch_size]) for s in range(0, len(ids), batch_size)]
 
-        def decode(batch):
-            return None if jpeg_embedder else [load_model_input(b, size) for b in batch]
+        def decode(start, batch):
+            if jpeg_embedder:
+                return None
+            return [model_input(pixels[start + i], b, size) for i, b in enumerate(batch)]
 
-        futures = [pool.submit(decode, b) for _, b in batches[:2]]
+        futures = [pool.submit(decode, *b) for b in batches[:2]]
         for bi, (start, jpegs) in enumerate(batches):
             images = futures[bi].result()
             if bi + 2 < len(batches):
-                futures.append(pool.submit(decode, batches[bi + 2][1]))
+                futures.append(pool.submit(decode, *batches[bi + 2]))
             tm = time.perf_counter()
             emb = embedder.embed_jpegs(jpegs) if jpeg_embedder else embedder.embed_images(images)
             tags = tagger.tag_jpegs(jpegs, emb) if jpeg_tagger else tagger.tag(emb)
@@ -758,7 +774,8 @@ def upsert(
     run = Run(dataset=dataset, version=version, run_dir="")
     staging = run.staging
     pre = staging.read_parquet(
-        preprocessed_uri, columns=[n for n in PREPROCESSED_SCHEMA.names if n != "thumbnail"]
+        preprocessed_uri,
+        columns=[n for n in PREPROCESSED_SCHEMA.names if n not in ("thumbnail", "model_input")],
     )
     feats = staging.read_parquet(features_uri)
     embedder = embedder_for(dataset)

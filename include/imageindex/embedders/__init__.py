@@ -13,7 +13,14 @@ import threading
 from imageindex.embedders.base import Embedder, ImageEmbeddings
 from imageindex.errors import ConfigError
 
-__all__ = ["Embedder", "ImageEmbeddings", "get_embedder", "clear_embedder_cache", "EMBEDDER_TYPES"]
+__all__ = [
+    "Embedder",
+    "ImageEmbeddings",
+    "get_embedder",
+    "clear_embedder_cache",
+    "model_input_size",
+    "EMBEDDER_TYPES",
+]
 
 #: spec["type"] -> allowed keys besides "type" (with their defaults)
 EMBEDDER_TYPES: dict[str, dict] = {
@@ -87,21 +94,31 @@ def get_embedder(spec: dict | None = None) -> Embedder:
     return embedder
 
 
-def _build(full: dict) -> Embedder:
-    options = {k: v for k, v in full.items() if k != "type"}
-    if full["type"] == "offline":
+def model_input_size(spec: dict | None = None) -> int | None:
+    """Side of the square pixel input that the spec's embedder takes, or None when it takes the
+    JPEG itself (hosted models). Reads class settings only: no model, package or credential."""
+    cls = _class(_normalize(spec)["type"])
+    return None if cls.wants_jpeg else cls.input_size
+
+
+def _class(kind: str) -> type[Embedder]:
+    if kind == "offline":
         from imageindex.embedders.offline import OfflineEmbedder
 
-        return OfflineEmbedder(**options)
-    if full["type"] == "dashscope":
+        return OfflineEmbedder
+    if kind == "dashscope":
         from imageindex.embedders.dashscope import DashScopeEmbedder
 
-        return DashScopeEmbedder(**options)
-    if full["type"] == "gme":
+        return DashScopeEmbedder
+    if kind == "gme":
         from imageindex.embedders.gme import GmeEmbedder
 
-        return GmeEmbedder(**options)
-    raise AssertionError(full["type"])  # _normalize rejected it already
+        return GmeEmbedder
+    raise AssertionError(kind)  # _normalize rejected it already
+
+
+def _build(full: dict) -> Embedder:
+    return _class(full["type"])(**{k: v for k, v in full.items() if k != "type"})
 
 
 def clear_embedder_cache() -> None:
