@@ -29,11 +29,17 @@ format: install
 
 test: lint
 	$(BIN)/pytest -q
+	$(MAKE) test-integration
 
-# The Airflow UI on http://127.0.0.1:8080 (user and password are printed at start-up).
+# A real Airflow (api-server, scheduler, dag-processor, triggerer) on loopback, driven through
+# its REST API and CLI; logs and a JSON summary land in test-output/integration/.
+test-integration: install
+	$(BIN)/pytest -q tests/integration
+
+# The Airflow UI on http://127.0.0.1:8080, or AIRFLOW__API__PORT (the admin password's file is
+# printed at start-up). Every process listens on loopback only; see scripts/airflow_local.py.
 standalone: install
-	eval "$$($(BIN)/python scripts/airflow_local.py env)" && \
-	  AIRFLOW__API__HOST=127.0.0.1 PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/airflow standalone
+	$(BIN)/python scripts/airflow_local.py standalone
 
 # A local OpenSearch 2.19 node with the k-NN plugin (Java 17+ and Maven; data in var/opensearch).
 # It prints its URL (port 9200 or the next free one); use it as opensearch://127.0.0.1:PORT.

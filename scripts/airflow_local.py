@@ -10,6 +10,10 @@ shows that the DAG's tasks, XComs, retries and trigger rules work, not how an ex
 them: nothing runs in parallel, and what one task loads (models, clients) is still loaded for
 the next. ``AIRFLOW__CORE__EXECUTOR`` in :func:`airflow_env` is for the processes that read it
 (``make standalone``'s scheduler); ``dag.test()`` ignores it.
+
+``python scripts/airflow_local.py standalone`` (``make standalone``) starts the real processes
+instead (:func:`components`): the UI and REST API on ``127.0.0.1:$AIRFLOW__API__PORT`` (default
+8080), workers calling the execution API on that same port, task log servers on loopback only.
 """
 
 from __future__ import annotations
@@ -23,14 +27,28 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
 
 
-def airflow_env(var_dir: str | Path, **extra: str) -> dict[str, str]:
-    """Environment for an Airflow whose state lives in ``var_dir/airflow``."""
+def loopback_hostname() -> str:
+    """Airflow's ``[core] hostname_callable`` here: the UI fetches a running task's log from
+    ``http://<hostname>:<log server port>``, and the log servers listen on loopback only."""
+    return LOOPBACK
+
+
+def airflow_env(var_dir: str | Path, *, port: int | str | None = None, **extra: str) -> dict:
+    """Environment for an Airflow whose state lives in ``var_dir/airflow``.
+
+    Everything listens on loopback. The API server's ``port`` (default: ``AIRFLOW__API__PORT``
+    from the environment, else 8080) is also the one workers call for the execution API, so
+    a UI on another port does not leave tasks calling :8080. The log servers' ports follow
+    ``AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT`` / ``…TRIGGER_LOG_SERVER_PORT`` (8793/8794).
+    """
     var_dir = Path(var_dir).absolute()
     home = var_dir / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    port = str(int(port or env.get("AIRFLOW__API__PORT") or 8080))
     env.update(
         {
             "AIRFLOW_HOME": str(home),
@@ -42,9 +60,22 @@ def airflow_env(var_dir: str | Path, **extra: str) -> dict[str, str]:
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": env.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO"),
+            "AIRFLOW__API__HOST": LOOPBACK,
+            "AIRFLOW__API__PORT": port,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{LOOPBACK}:{port}/execution/",
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "airflow_local.loopback_hostname",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": env.get(
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", "8793"
+            ),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": env.get(
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", "8794"
+            ),
             "IMAGEINDEX_HOME": str(var_dir),
+            # scripts/: Airflow imports loopback_hostname from this file
             "PYTHONPATH": os.pathsep.join(
-                p for p in (str(REPO / "include"), env.get("PYTHONPATH", "")) if p
+                p
+                for p in (str(REPO / "include"), str(REPO / "scripts"), env.get("PYTHONPATH", ""))
+                if p
             ),
         }
     )
@@ -88,6 +119,77 @@ def run_dag(env: dict[str, str], dataset: str, conf: dict | None = None, timeout
     return state, seconds, proc.stdout + proc.stderr
 
 
+def components(env: dict[str, str]) -> dict[str, list[str]]:
+    """The processes of a local Airflow (what ``airflow standalone`` starts), every listener on
+    loopback. Airflow 3.3 has no setting for the log servers' address (they bind every
+    interface), so the scheduler and triggerer skip theirs and :func:`serve_logs` serves the
+    same logs on ``127.0.0.1``."""
+    airflow = [sys.executable, "-m", "airflow"]
+    logs = [sys.executable, str(Path(__file__).resolve()), "serve-logs", "--port"]
+    api = ["api-server", "--host", LOOPBACK, "--port", env["AIRFLOW__API__PORT"]]
+    return {
+        "api-server": [*airflow, *api],
+        "scheduler": [*airflow, "scheduler", "--skip-serve-logs"],
+        "dag-processor": [*airflow, "dag-processor"],
+        "triggerer": [*airflow, "triggerer", "--skip-serve-logs"],
+        "worker-logs": [*logs, env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"]],
+        "trigger-logs": [*logs, env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"]],
+    }
+
+
+def serve_logs(port: int) -> None:
+    """Airflow's task log server (``airflow.utils.serve_logs``) on loopback only."""
+    import uvicorn
+
+    uvicorn.run(
+        "airflow.utils.serve_logs.log_server:get_app",
+        factory=True,
+        host=LOOPBACK,
+        port=port,
+        log_config=None,
+        access_log=False,
+    )
+
+
+def standalone(env: dict[str, str]) -> int:
+    """Start :func:`components` until Ctrl-C, their output prefixed with their names."""
+    import threading
+
+    migrate(env)
+    procs: dict[str, subprocess.Popen] = {}
+
+    def pump(name: str, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            print(f"{name:>13} | {line}", end="", flush=True)
+
+    for name, cmd in components(env).items():
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        procs[name] = proc
+        threading.Thread(target=pump, args=(name, proc), daemon=True).start()
+    url = f"http://{LOOPBACK}:{env['AIRFLOW__API__PORT']}"
+    passwords = Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+    print(f"   standalone | Airflow UI on {url}; user admin, password in {passwords}", flush=True)
+    try:
+        while all(p.poll() is None for p in procs.values()):
+            time.sleep(1)
+        gone = [n for n, p in procs.items() if p.poll() is not None]
+        print(f"   standalone | {', '.join(gone)} exited; stopping the others", flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def _test_in_process(dataset: str, conf: dict) -> None:
     import importlib.util
 
@@ -105,15 +207,21 @@ def _test_in_process(dataset: str, conf: dict) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("command", choices=["run", "_test", "env"])
+    p.add_argument("command", choices=["run", "_test", "env", "standalone", "serve-logs"])
     p.add_argument("--dataset", default="samples")
     p.add_argument("--conf", default="{}")
     p.add_argument("--var", default=str(REPO / "var"))
+    p.add_argument("--port", type=int, help="serve-logs: its port (on loopback)")
     args = p.parse_args()
     if args.command == "_test":
         _test_in_process(args.dataset, json.loads(args.conf))
         return 0
+    if args.command == "serve-logs":
+        serve_logs(args.port)
+        return 0
     env = airflow_env(args.var)
+    if args.command == "standalone":
+        return standalone(env)
     if args.command == "env":
         for k in sorted(env):
             if k.startswith(("AIRFLOW", "IMAGEINDEX")):
