@@ -164,17 +164,36 @@ def test_view_data_inside_the_airflow_ui(airflow, browser):
     assert errors == []
 
 
-def test_dark_theme_follows_the_airflow_ui(airflow, browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 900}, color_scheme="dark")
+LIGHT_BG, DARK_BG = "rgb(247, 248, 250)", "rgb(17, 20, 24)"  # --bg in app.css
+
+
+def test_theme_follows_the_airflow_ui_not_the_os(airflow, browser):
+    """The OS prefers dark, the Airflow UI is set to light: the page is light (app.css alone
+    would make it dark). Switching the Airflow UI to dark turns the open page dark."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    expect = sync_api.expect
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, color_scheme="dark")
+    # Airflow's UI keeps its colour mode in localStorage "theme" (next-themes) and puts it on
+    # <html> as a class; set it before the UI's own scripts read it.
+    context.add_init_script("if (window.top === window) localStorage.setItem('theme', 'light')")
+    page = context.new_page()
     page.goto(f"{airflow['base']}/plugin/image-search")
     page.fill("input[name=username]", "admin")
     page.fill("input[name=password]", airflow["password"])
     page.keyboard.press("Enter")
     page.wait_for_url("**/plugin/image-search")
-    sync_api.expect(page.frame_locator("iframe[title='View Data']").locator(".card")).to_have_count(
-        3
+    view = page.frame_locator("iframe[title='View Data']")
+    expect(view.locator(".card")).to_have_count(3)
+    expect(page.locator("html")).to_have_class(re.compile(r"\blight\b"))
+    assert our_frame(page).evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
+    expect(view.locator("body")).to_have_css("background-color", LIGHT_BG)
+
+    # The UI's colour-mode switch changes the class on <html>; the page follows while open.
+    page.evaluate(
+        "() => { const root = document.documentElement;"
+        " root.classList.replace('light', 'dark'); root.style.colorScheme = 'dark'; }"
     )
-    background = our_frame(page).evaluate("getComputedStyle(document.body).backgroundColor")
-    assert background == "rgb(17, 20, 24)"
+    expect(view.locator("body")).to_have_css("background-color", DARK_BG)
     wait_for_thumbnails(page)
     page.screenshot(path=SHOTS / "gallery-dark.png")
+    context.close()
