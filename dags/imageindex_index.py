@@ -10,7 +10,12 @@ One DAG per dataset declared in the registry (`IMAGEINDEX_REGISTRY`). A run:
    vector and the tags) → **upsert** (deterministic ids: a retried shard never duplicates).
 3. **finalize** — deletes documents of removed files (refused when the listing is empty or
    shrank too much), rewrites the version's Parquet feature table when the run changed it,
-   writes the run report and emits asset events for the dataset and its feature table.
+   writes the run report (the task's XCom).
+4. **publish** — emits the asset events of the dataset and its feature table, only when the
+   run changed the version (skipped on a no-change run).
+
+Errors no retry can fix (registry, params, credentials, model mismatch, version held by another
+run) fail the task at once; the others are retried.
 
 Trigger with the form: `version`, `mode` (`incremental` processes new and changed files only,
 `full` reprocesses everything) and `shard_size`. XCom carries staging paths and counts only.
@@ -18,7 +23,9 @@ Trigger with the form: `version`, `mode` (`incremental` processes new and change
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from datetime import timedelta
 
 import pendulum
@@ -27,7 +34,13 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from imageindex import pipeline
 from imageindex.config import settings
-from imageindex.errors import AuthError, RegistryError, VersionBusyError
+from imageindex.errors import (
+    AuthError,
+    ConfigError,
+    ModelMismatchError,
+    RegistryError,
+    VersionBusyError,
+)
 from imageindex.registry import DatasetSpec, load_registry
 
 log = logging.getLogger(__name__)
@@ -57,10 +70,37 @@ def stage_args(ds: DatasetSpec, stage: str) -> dict:
     return opts
 
 
+#: Errors no retry can fix: a bad registry entry, version or param, a rejected key, an index
+#: built by another model, another run holding the version. The task fails at once.
+PERMANENT_ERRORS = (ConfigError, AuthError, ModelMismatchError, VersionBusyError)
+
+
+def stage_task(ds: DatasetSpec, stage: str, **task_kwargs):
+    """``@task`` for one pipeline stage, with the registry's settings for it. Every stage runs
+    through here, so all of them: export the try number (``IMAGEINDEX_TRY_NUMBER``, read by
+    the fault hook) and fail at once, without retries, on :data:`PERMANENT_ERRORS`; transient
+    errors (source, store, provider outages) keep Airflow's retries."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def run_stage(*args, **kwargs):
+            os.environ["IMAGEINDEX_TRY_NUMBER"] = str(get_current_context()["ti"].try_number)
+            try:
+                return fn(*args, **kwargs)
+            except PERMANENT_ERRORS as exc:
+                raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+        return task(**stage_args(ds, stage), **task_kwargs)(run_stage)
+
+    return decorate
+
+
 def build_dag(ds: DatasetSpec):
     cfg = settings()
     asset = dataset_asset(ds.id)
     features = features_asset(ds.id)
+    # A dataset without a feature table never announces one.
+    outlets = [asset] if ds.feature_table == "" else [asset, features]
 
     @dag(
         dag_id=f"imageindex_{ds.id}",
@@ -70,10 +110,12 @@ def build_dag(ds: DatasetSpec):
         if isinstance(ds.schedule, tuple)
         else ds.schedule,
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        catchup=False,
+        # `catchup: true` in the registry: the scheduler also creates the intervals missed
+        # since start_date. Backfills (`airflow backfill create`) work either way.
+        catchup=ds.catchup,
         # Runs of different versions go side by side (a backfill of v2 does not hold up the
         # scheduled incremental runs of v1); a second run of the same version is refused by
-        # the version lease that plan takes (see pipeline.acquire_lease).
+        # the version lease that plan takes and every later stage renews (pipeline.hold_lease).
         max_active_runs=MAX_ACTIVE_RUNS,
         tags=["imageindex", f"dataset:{ds.id}", *ds.tags],
         default_args={
@@ -110,7 +152,7 @@ def build_dag(ds: DatasetSpec):
         render_template_as_native_obj=True,
     )
     def index_dataset():
-        @task(**stage_args(ds, "plan"))
+        @stage_task(ds, "plan")
         def plan() -> list[str]:
             """List the source, diff it against the index, write shard manifests.
 
@@ -136,36 +178,34 @@ def build_dag(ds: DatasetSpec):
 
         @task_group(group_id="shard")
         def shard(manifest: str):
-            @task(**stage_args(ds, "preprocess"))
+            @stage_task(ds, "preprocess")
             def preprocess(manifest: str) -> dict:
                 """Decode, orient, convert and thumbnail every file; bad files get a reason."""
-                version = get_current_context()["params"]["version"]
-                return pipeline.preprocess(ds.id, version, manifest)
+                version, run_id = _version_and_run()
+                return pipeline.preprocess(ds.id, version, manifest, run_id=run_id)
 
-            @task(**stage_args(ds, "tag_embed"))
+            @stage_task(ds, "tag_embed")
             def tag_embed(pre: dict) -> dict:
                 """One model pass per image gives its vector and its ai tags."""
-                version = get_current_context()["params"]["version"]
-                try:
-                    emb = pipeline.tag_embed(ds.id, version, pre["preprocessed"])
-                except AuthError as exc:
-                    # A rejected key stays rejected: retrying would only repeat paid requests.
-                    raise AirflowFailException(str(exc)) from None
+                version, run_id = _version_and_run()
+                emb = pipeline.tag_embed(ds.id, version, pre["preprocessed"], run_id=run_id)
                 return {"pre": pre, "emb": emb}
 
-            @task(**stage_args(ds, "upsert"))
+            @stage_task(ds, "upsert")
             def upsert(stages: dict) -> dict:
                 """Write documents with deterministic ids; a retry overwrites, never duplicates."""
-                version = get_current_context()["params"]["version"]
+                version, run_id = _version_and_run()
                 pre, emb = stages["pre"], stages["emb"]
-                ups = pipeline.upsert(ds.id, version, emb["features"], pre["preprocessed"])
+                ups = pipeline.upsert(
+                    ds.id, version, emb["features"], pre["preprocessed"], run_id=run_id
+                )
                 return pipeline.shard_summary(pre, emb, ups)
 
             return upsert(tag_embed(preprocess(manifest)))
 
-        @task(trigger_rule="none_failed", outlets=[asset, features], **stage_args(ds, "finalize"))
+        @stage_task(ds, "finalize", trigger_rule="none_failed")
         def finalize(shard_results) -> dict:
-            """Delete removed files (guarded), optimize the store, report, emit the asset event."""
+            """Delete removed files (guarded), optimize the store, write the run report."""
             ctx = get_current_context()
             # One mapped shard can arrive as its bare result rather than a one-item sequence.
             if isinstance(shard_results, dict):
@@ -176,33 +216,36 @@ def build_dag(ds: DatasetSpec):
             except FileNotFoundError:
                 raise AirflowSkipException("plan was skipped: nothing to finalize") from None
             report = pipeline.finalize(ds.id, plan_result["dataset_version"], plan_result, results)
-            ctx["outlet_events"][asset].extra = {
-                "dataset_version": report["dataset_version"],
-                "new": report["new"],
-                "changed": report["changed"],
-                "deleted": report["deleted"],
-                "failed": report["failed"],
-                "indexed": report["indexed"],
-            }
-            table = report.get("feature_table") or {}
-            ctx["outlet_events"][features].extra = {
-                "dataset_version": report["dataset_version"],
-                "uri": table.get("uri"),
-                "rows": table.get("rows"),
-                "rewritten": table.get("written", False),
-            }
             return {k: v for k, v in report.items() if k not in ("failures", "optimize")}
+
+        @task(outlets=outlets, execution_timeout=timedelta(minutes=10))
+        def publish(report: dict) -> None:
+            """Emit the dataset's asset events, only when the run changed the version."""
+            events = pipeline.asset_events(report)
+            if events is None:
+                raise AirflowSkipException("nothing changed in this version: no asset event")
+            outlet_events = get_current_context()["outlet_events"]
+            outlet_events[asset].extra = events["dataset"]
+            if features in outlets and events["features"]:
+                outlet_events[features].extra = events["features"]
 
         @task(trigger_rule="all_done")
         def release_lease() -> bool:
             """Give the version back, whether the run succeeded or failed."""
-            ctx = get_current_context()
-            return pipeline.release_lease(ds.id, ctx["params"]["version"], ctx["run_id"])
+            version, run_id = _version_and_run()
+            return pipeline.release_lease(ds.id, version, run_id)
 
         planned = plan()
-        finalize(shard.expand(manifest=planned)) >> release_lease().as_teardown(setups=planned)
+        report = finalize(shard.expand(manifest=planned))
+        publish(report)
+        report >> release_lease().as_teardown(setups=planned)
 
     return index_dataset()
+
+
+def _version_and_run() -> tuple[str, str]:
+    ctx = get_current_context()
+    return ctx["params"]["version"], ctx["run_id"]
 
 
 def _load_dags() -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from imagezoo import make_photo, make_zoo
 
 from imageindex import pipeline
-from imageindex.errors import SourceError, UnsafeDeleteError
+from imageindex.errors import ConfigError, SourceError, UnsafeDeleteError
 from imageindex.pipeline import shard_plan
 from imageindex.stores import open_store
 from imageindex.stores.base import Filter
@@ -334,3 +335,155 @@ def test_a_plan_that_fails_gives_the_lease_back(dataset):
     dataset["src"].mkdir()
     make_photo(dataset["src"] / "a.jpg", seed=1)
     pipeline.plan("t", "v1", "r2")  # not refused: r1 released its claim when it failed
+
+
+FAULT_PROBE = "import sys; from imageindex import pipeline; pipeline._fault_point(*sys.argv[1:])"
+
+
+def fault_exit(env: dict, *args: str) -> int:
+    """Exit code of a process that passes the fault point ``args`` (stage, dataset, version)."""
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("IMAGEINDEX_FAULT", "AIRFLOW_CTX"))
+    }
+    clean.pop("IMAGEINDEX_TRY_NUMBER", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", FAULT_PROBE, *args], env={**clean, **env}, capture_output=True
+    )
+    return proc.returncode
+
+
+def test_fault_hook_kills_only_the_tries_it_names(tmp_path):
+    spec = {"IMAGEINDEX_FAULT_EXIT_IN": "tag_embed@1"}
+    assert fault_exit({**spec, "IMAGEINDEX_TRY_NUMBER": "1"}, "tag_embed") == 137
+    assert fault_exit({**spec, "IMAGEINDEX_TRY_NUMBER": "2"}, "tag_embed") == 0
+    assert fault_exit({**spec, "AIRFLOW_CTX_TRY_NUMBER": "2"}, "tag_embed") == 0
+    assert fault_exit({**spec, "IMAGEINDEX_TRY_NUMBER": "1"}, "upsert") == 0
+    assert fault_exit(spec, "tag_embed") == 137  # outside Airflow: the first try
+    two = {"IMAGEINDEX_FAULT_EXIT_IN": "preprocess@1,2"}
+    assert [fault_exit({**two, "IMAGEINDEX_TRY_NUMBER": t}, "preprocess") for t in "123"] == [
+        137,
+        137,
+        0,
+    ]
+    every = {"IMAGEINDEX_FAULT_EXIT_IN": "plan"}
+    assert fault_exit({**every, "IMAGEINDEX_TRY_NUMBER": "5"}, "plan") == 137
+    assert fault_exit({"IMAGEINDEX_FAULT_EXIT_IN": "tag_embed@x"}, "tag_embed") == 1
+    with pytest.raises(ConfigError, match="stage 'embed'"):
+        pipeline.parse_fault_spec("embed@1")
+
+    # The fault file is read at each fault point: a scenario changes it without a restart.
+    fault_file = tmp_path / "fault.json"
+    env = {"IMAGEINDEX_FAULT_FILE": str(fault_file), "IMAGEINDEX_TRY_NUMBER": "1"}
+    assert fault_exit(env, "tag_embed", "t", "v1") == 0  # no file: no fault
+    fault_file.write_text('{"stage": "tag_embed", "tries": [1], "dataset": "t", "version": "v1"}')
+    assert fault_exit(env, "tag_embed", "t", "v1") == 137
+    assert fault_exit(env, "tag_embed", "t", "v2") == 0
+    assert fault_exit(env, "tag_embed", "other", "v1") == 0
+    assert fault_exit({**env, "IMAGEINDEX_TRY_NUMBER": "2"}, "tag_embed", "t", "v1") == 0
+    fault_file.write_text('{"stage": "upsert"}')
+    assert fault_exit(env, "tag_embed", "t", "v1") == 0
+    assert fault_exit({**env, "IMAGEINDEX_TRY_NUMBER": "3"}, "upsert", "t", "v1") == 137
+
+
+def test_cleared_shards_take_the_lease_again_and_never_overlap_another_run(dataset):
+    from imageindex.errors import VersionBusyError
+
+    for i in range(2):
+        make_photo(dataset["src"] / f"p{i}.jpg", seed=i)
+    first = pipeline.plan("t", "v1", "run-a", shard_size=1)
+    done = pipeline.run_shard("t", "v1", first["shards"][0], run_id="run-a")
+    # run-a failed: its teardown gave the version back
+    assert pipeline.release_lease("t", "v1", "run-a") is True
+    lease = Path(pipeline.open_run("t", "v1", "run-a").staging.root) / "leases/t/v1.json"
+    assert not lease.exists()
+
+    # "Clear failed": the shard re-runs and takes the version again for run-a ...
+    redone = pipeline.run_shard("t", "v1", first["shards"][1], run_id="run-a")
+    assert json.loads(lease.read_text())["run_id"] == "run-a"
+    # ... so another run of the version is refused while it works
+    with pytest.raises(VersionBusyError, match="run-a is indexing t/v1"):
+        pipeline.plan("t", "v1", "run-b")
+    report = pipeline.finalize("t", "v1", first, [done, redone])
+    assert report["indexed_ok"] == 2 and not lease.exists()
+
+    # When another run holds the version, a cleared stage of run-a fails naming it.
+    second = pipeline.plan("t", "v1", "run-b", mode="full", shard_size=1)
+    for stage in (
+        lambda: pipeline.preprocess("t", "v1", first["shards"][0], run_id="run-a"),
+        lambda: pipeline.tag_embed("t", "v1", "unused", run_id="run-a"),
+        lambda: pipeline.upsert("t", "v1", "unused", "unused", run_id="run-a"),
+        lambda: pipeline.finalize("t", "v1", first, []),
+    ):
+        with pytest.raises(VersionBusyError, match="run run-b is indexing t/v1"):
+            stage()
+    assert json.loads(lease.read_text())["run_id"] == "run-b"  # run-a's teardown: not its lease
+    assert pipeline.release_lease("t", "v1", "run-a") is False
+    # the holder renews its lease from stage to stage, keeping when it started
+    started = json.loads(lease.read_text())["started_at"]
+    pipeline.run_shard("t", "v1", second["shards"][0], run_id="run-b")
+    assert json.loads(lease.read_text())["started_at"] == started
+    assert pipeline.release_lease("t", "v1", "run-b") is True
+
+
+def test_asset_events_only_when_the_version_changed(dataset):
+    make_photo(dataset["src"] / "a.jpg", seed=1)
+    make_photo(dataset["src"] / "c.jpg", seed=3)
+    first = pipeline.run_all("t")
+    events = pipeline.asset_events(first)
+    assert events["dataset"]["dataset_version"] == "v1" and events["dataset"]["new"] == 2
+    assert events["features"]["rows"] == 2 and events["features"]["rewritten"] is True
+    assert pipeline.asset_events(pipeline.run_all("t")) is None  # no change: no event
+    (dataset["src"] / "a.jpg").unlink()
+    make_photo(dataset["src"] / "b.jpg", seed=2)
+    events = pipeline.asset_events(pipeline.run_all("t"))
+    assert (events["dataset"]["new"], events["dataset"]["deleted"]) == (1, 1)
+
+
+def test_content_reuse_by_default_reads_only_files_that_may_match(dataset):
+    import shutil
+
+    src, tmp = dataset["src"], dataset["tmp"]
+    for i in range(6):
+        make_photo(src / f"p{i}.jpg", seed=i)
+    first = pipeline.run_all("t")
+    assert first["indexed_ok"] == 6 and first["content_checks"] == 0  # nothing indexed before
+    docs = stored(dataset)
+    assert all(d["fingerprint"].startswith("sha256:") for d in docs.values())
+
+    # Same size and mtime: unchanged without reading. Proof: new bytes behind the same stat
+    # go unnoticed (a run that read the file would redo it).
+    p5 = src / "p5.jpg"
+    st = p5.stat()
+    p5.write_bytes(bytes(reversed(p5.read_bytes())))
+    os.utime(p5, ns=(st.st_atime_ns, st.st_mtime_ns))
+    quiet = pipeline.run_all("t")
+    assert (quiet["processed"], quiet["content_checks"], quiet["content_bytes_read"]) == (0, 0, 0)
+    shutil.copyfile(src / "p4.jpg", p5)  # back to an image
+    os.utime(p5, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000_000))
+
+    # Touched, same content: read once, recognised, copied with its new mtime, not re-embedded.
+    p0 = src / "p0.jpg"
+    st = p0.stat()
+    os.utime(p0, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    touched = pipeline.run_all("t")
+    assert touched["changed"] == 2 and touched["reused"] == 2  # p0 (itself), p5 (= p4)
+    assert touched["content_checks"] == 2
+    assert touched["content_bytes_read"] == p0.stat().st_size + p5.stat().st_size
+    after = stored(dataset)
+    assert after[p0.as_uri()]["indexed_at"] > docs[p0.as_uri()]["indexed_at"]
+    assert after[p5.as_uri()]["fingerprint"] == after[(src / "p4.jpg").as_uri()]["fingerprint"]
+    assert pipeline.run_all("t")["processed"] == 0
+
+    # A new version in a new folder: a copy of v1 plus two new files.
+    v2 = tmp / "v2"
+    shutil.copytree(src, v2)
+    make_photo(v2 / "new1.jpg", seed=101)
+    make_photo(v2 / "sub" / "new2.png", seed=102, fmt="PNG")
+    reg = dataset["registry"]
+    reg.write_text(
+        reg.read_text().replace("      v1: {", f"      v2: {{source: {v2}}}\n      v1: {{")
+    )
+    report = pipeline.run_all("t", "v2")
+    assert (report["new"], report["reused"], report["indexed_ok"]) == (8, 6, 8)
+    assert report["content_checks"] == 6  # the copies: an indexed document has their size
+    assert report["content_bytes_read"] == sum(p.stat().st_size for p in src.glob("*.jpg"))

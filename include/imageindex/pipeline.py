@@ -19,6 +19,7 @@ Staging layout of one run::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -186,11 +187,11 @@ def _entry_rows(entries: list[tuple[FileEntry, str]], dataset_id: str, version: 
 
 def _load_state(
     store, dataset_id: str, version: str, definitions_hash: str | None
-) -> dict[str, tuple[str, str, int, bool]]:
-    """uri → (id, fingerprint, mtime in µs, needs re-tagging) of what the index holds; never
-    the vectors. A successfully indexed file needs re-tagging when it was tagged from other tag
-    definitions than the current ones."""
-    state: dict[str, tuple[str, str, int, bool]] = {}
+) -> dict[str, tuple[str, str, int, bool, int]]:
+    """uri → (id, fingerprint, mtime in µs, needs re-tagging, size) of what the index holds;
+    never the vectors. A successfully indexed file needs re-tagging when it was tagged from
+    other tag definitions than the current ones."""
+    state: dict[str, tuple[str, str, int, bool, int]] = {}
     if store.table_info(dataset_id) is None:
         return state
     for batch in store.iter_state(dataset_id, version):
@@ -201,16 +202,17 @@ def _load_state(
             if "tag_definitions_hash" in names
             else [definitions_hash] * batch.num_rows
         )
-        for i, u, f, m, st, h in zip(
+        for i, u, f, m, st, h, n in zip(
             batch.column("id").to_pylist(),
             batch.column("uri").to_pylist(),
             batch.column("fingerprint").to_pylist(),
             mt,
             batch.column("status").to_pylist(),
             hashes,
+            batch.column("size").to_pylist(),
             strict=True,
         ):
-            state[u] = (i, f, m, st == STATUS_OK and h != definitions_hash)
+            state[u] = (i, f, m, st == STATUS_OK and h != definitions_hash, n)
     return state
 
 
@@ -270,7 +272,7 @@ def _plan(run: Run, run_id: str, mode: str, shard_size, max_shards, t0: float) -
             known = state.pop(entry.uri, None)
             if known is None:
                 change = "new"
-            elif known[1] != entry.fingerprint or known[2] != int(round(entry.mtime * 1e6)):
+            elif not same_file(known, entry):
                 change = "changed"
             elif known[3]:
                 change = "retag"  # tag definitions changed since this file was tagged
@@ -299,8 +301,11 @@ def _plan(run: Run, run_id: str, mode: str, shard_size, max_shards, t0: float) -
     del state
 
     todo = staging.read_parquet(todo_uri)
+    counts["content_checks"] = counts["content_bytes_read"] = 0
     if mode != "full":
-        todo = _mark_reusable(store, run.dataset.id, todo, current_definitions_hash(run.dataset))
+        todo = _mark_reusable(
+            store, run.dataset.id, todo, current_definitions_hash(run.dataset), source, counts
+        )
     counts["reused"] = todo.num_rows - todo.column("reuse_id").null_count
     n_todo = todo.num_rows
     n_shards, size = shard_plan(
@@ -314,6 +319,7 @@ def _plan(run: Run, run_id: str, mode: str, shard_size, max_shards, t0: float) -
         staging.write_parquet(uri, todo.slice(i * size, size))
         shards.append(uri)
     counts["to_process"] = n_todo
+    _fault_point("plan", run.dataset.id, run.version, run_id)  # shards written, plan.json not
     result = {
         "dataset_id": run.dataset.id,
         "dataset_version": run.version,
@@ -342,6 +348,23 @@ def _plan(run: Run, run_id: str, mode: str, shard_size, max_shards, t0: float) -
 CONTENT_FINGERPRINTS = ("sha256:", "etag:")
 
 
+def same_file(known: tuple, entry: FileEntry) -> bool:
+    """Whether a listed file is the one the index holds (``known`` from :func:`_load_state`).
+
+    Documents of local files keep the ``sha256:`` of the bytes preprocess decoded, while the
+    default listing gives a ``stat:`` fingerprint without reading anything: then the same size
+    and mtime mean the same file, so a no-change run reads no file at all."""
+    if known[2] != int(round(entry.mtime * 1e6)):
+        return False
+    if known[1] == entry.fingerprint:
+        return True
+    return (
+        entry.fingerprint.startswith("stat:")
+        and (known[1] or "").startswith("sha256:")
+        and known[4] == entry.size
+    )
+
+
 def reuse_key(uri: str, fingerprint: str | None) -> tuple | None:
     if not fingerprint:
         return None
@@ -350,10 +373,71 @@ def reuse_key(uri: str, fingerprint: str | None) -> tuple | None:
     return (uri, fingerprint)
 
 
-def _mark_reusable(store, dataset_id: str, todo: pa.Table, definitions_hash: str | None):
+#: Threads hashing files in plan (reads are I/O-bound; hashlib releases the GIL).
+CONTENT_CHECK_THREADS = 8
+
+
+def _content_checks(store, dataset_id: str, todo: pa.Table, definitions_hash, source, counts):
+    """``sha256:`` fingerprints for new and changed files listed with a ``stat:`` one whose size
+    equals that of an indexed document with a content fingerprint — the only files whose
+    content can already be indexed. Every other file is left unread (preprocess hashes what it
+    reads anyway). Returns {row: fingerprint}; counts files and bytes read in ``counts``."""
+    candidates: dict[int, list[int]] = {}
+    for r, (f, c, n) in enumerate(
+        zip(
+            todo.column("fingerprint").to_pylist(),
+            todo.column("change").to_pylist(),
+            todo.column("size").to_pylist(),
+            strict=True,
+        )
+    ):
+        if c in ("new", "changed") and f and f.startswith("stat:") and n:
+            candidates.setdefault(n, []).append(r)
+    if not candidates:
+        return {}
+    sizes: set[int] = set()
+    cols = ["size", "fingerprint", "status", "tag_definitions_hash"]
+    for batch in store.iter_documents(dataset_id, columns=cols, batch_size=50_000):
+        for n, f, st, h in zip(*(batch.column(c).to_pylist() for c in cols), strict=True):
+            ok = st == STATUS_OK and h == definitions_hash
+            if ok and n in candidates and (f or "").startswith("sha256:"):
+                sizes.add(n)
+        if len(sizes) == len(candidates):
+            break
+    rows = [r for n in sizes for r in candidates[n]]
+    uris = todo.column("uri").to_pylist()
+    with ThreadPoolExecutor(max_workers=CONTENT_CHECK_THREADS) as pool:
+        found = list(pool.map(lambda r: source.content_fingerprint(uris[r]), rows))
+    counts["content_checks"] += len(rows)
+    counts["content_bytes_read"] += sum(n for _, n in found)
+    return {r: fp for r, (fp, _) in zip(rows, found, strict=True)}
+
+
+def _mark_reusable(
+    store, dataset_id: str, todo: pa.Table, definitions_hash: str | None, source=None, counts=None
+):
     """Fill ``reuse_id`` of new and changed files whose content is already indexed — in any
     version of the dataset, by the same model (one table holds one model), tagged from the
-    same tag definitions. Streams the index's small columns once; never its vectors."""
+    same tag definitions. Streams the index's small columns; never its vectors.
+
+    Content is matched by ``sha256:`` (or S3 ``etag:``) fingerprints. Files listed with the
+    default ``stat:`` fingerprint are hashed only when an indexed document has their size
+    (:func:`_content_checks`); their manifest row then carries the ``sha256:``. A file that
+    was only touched matches its own document: it is copied with its new mtime, not redone."""
+    if store.table_info(dataset_id) is None:
+        return todo
+    counts = counts if counts is not None else Counter()
+    hashed = (
+        _content_checks(store, dataset_id, todo, definitions_hash, source, counts)
+        if source is not None
+        else {}
+    )
+    if hashed:
+        fps = todo.column("fingerprint").to_pylist()
+        for r, fp in hashed.items():
+            fps[r] = fp
+        idx = todo.schema.get_field_index("fingerprint")
+        todo = todo.set_column(idx, "fingerprint", pa.array(fps, pa.string()))
     wanted: dict[tuple, list[int]] = {}
     for i, (u, f, c) in enumerate(
         zip(
@@ -366,14 +450,13 @@ def _mark_reusable(store, dataset_id: str, todo: pa.Table, definitions_hash: str
         key = reuse_key(u, f) if c in ("new", "changed") else None
         if key is not None:
             wanted.setdefault(key, []).append(i)
-    if not wanted or store.table_info(dataset_id) is None:
+    if not wanted:
         return todo
     reuse: list[str | None] = [None] * todo.num_rows
-    own_ids = set(todo.column("id").to_pylist())
     cols = ["id", "uri", "fingerprint", "status", "tag_definitions_hash"]
     for batch in store.iter_documents(dataset_id, columns=cols, batch_size=50_000):
         for i, u, f, st, h in zip(*(batch.column(c).to_pylist() for c in cols), strict=True):
-            if st != STATUS_OK or h != definitions_hash or i in own_ids:
+            if st != STATUS_OK or h != definitions_hash:
                 continue
             rows = wanted.pop(reuse_key(u, f), None)
             if rows:
@@ -418,15 +501,28 @@ def acquire_lease(run: Run, run_id: str) -> None:
             "again when it has finished, or remove the lease "
             f"{uri} if that run is gone"
         )
+    renewing = bool(held) and held.get("run_id") == run_id
     lease = {
         "run_id": run_id,
-        "started_at": datetime.now(UTC).isoformat(),
+        "started_at": held["started_at"] if renewing else datetime.now(UTC).isoformat(),
         "expires_at": now + settings().run_lease_s,
     }
     staging.write_json(uri, lease)
     # Two plans racing past the check: the last write wins and the other one steps back.
     if staging.read_json(uri).get("run_id") != run_id:
         raise VersionBusyError(f"another run claimed {run.dataset.id}/{run.version} just now")
+
+
+def hold_lease(
+    dataset_id: str, version: str, run_id: str | None, *, registry_path: str | None = None
+) -> None:
+    """Check and renew ``run_id``'s lease on the version at the start of a shard stage or
+    finalize: taken again when free or expired (a run whose failed tasks were cleared and
+    re-run after its teardown gave the lease back), :class:`VersionBusyError` naming the holder
+    when another run holds it. ``run_id`` None (a caller outside a run) checks nothing."""
+    if run_id is None:
+        return
+    acquire_lease(open_run(dataset_id, version, run_id, registry_path=registry_path), run_id)
 
 
 def release_lease(
@@ -473,12 +569,14 @@ def preprocess(
     *,
     registry_path: str | None = None,
     threads: int = 2,
+    run_id: str | None = None,
 ) -> dict:
     """Decode every file of a shard, make thumbnails, record metadata and per-file errors."""
     from imageindex.embedders import model_input_size
     from imageindex.preprocess import preprocess_many
 
     t0 = time.perf_counter()
+    hold_lease(dataset_id, version, run_id, registry_path=registry_path)
     dataset = load_registry(registry_path).get(dataset_id)
     run = Run(dataset=dataset, version=version, run_dir="")
     staging = run.staging
@@ -488,8 +586,18 @@ def preprocess(
     rows = [r for r in manifest.to_pylist() if not r.get("reuse_id")]
     thumbs_root = thumbnails_root(dataset.id)
 
+    # The content hash of the bytes decoded is what the document keeps as its fingerprint
+    # (for files listed with a stat fingerprint): later versions and touched files are then
+    # matched by content without reading them again (see _mark_reusable).
+    content: dict[str, str] = {}
+
     def loader(uri: str):
-        return lambda: source.read_bytes(uri)
+        def read() -> bytes:
+            data = source.read_bytes(uri)
+            content[uri] = "sha256:" + hashlib.sha256(data).hexdigest()
+            return data
+
+        return read
 
     out: dict[str, list] = {name: [] for name in PREPROCESSED_SCHEMA.names}
     reasons: Counter = Counter()
@@ -505,6 +613,8 @@ def preprocess(
     ):
         for k in MANIFEST_SCHEMA.names:
             out[k].append(row.get(k))
+        if (row["fingerprint"] or "").startswith("stat:") and row["uri"] in content:
+            out["fingerprint"][-1] = content[row["uri"]]
         thumb_uri = f"{thumbs_root}/{row['id'][:2]}/{row['id']}.jpg" if res.ok else None
         out["ok"].append(res.ok)
         out["width"].append(res.width)
@@ -526,7 +636,7 @@ def preprocess(
     thumb_staging = _staging_for(thumbs_root, run.s3_conn_id)
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda a: thumb_staging.write_bytes(*a), thumb_writes))
-    _fault_point("preprocess")  # thumbnails written, shard output not yet
+    _fault_point("preprocess", dataset.id, version, run_id)  # thumbnails written, not the shard
     out_uri = manifest_uri.rsplit("/", 1)[0] + "/preprocessed.parquet"
     staging.write_parquet(out_uri, pa.table(out, schema=PREPROCESSED_SCHEMA))
     n_ok = sum(out["ok"])
@@ -564,11 +674,13 @@ def tag_embed(
     *,
     registry_path: str | None = None,
     batch_size: int = 32,
+    run_id: str | None = None,
 ) -> dict:
     """Embed and tag the shard's thumbnails; write vectors and tags to ``features.parquet``."""
     from imageindex.preprocess import model_input
 
     t0 = time.perf_counter()
+    hold_lease(dataset_id, version, run_id, registry_path=registry_path)
     dataset = load_registry(registry_path).get(dataset_id)
     run = Run(dataset=dataset, version=version, run_dir="")
     staging = run.staging
@@ -618,7 +730,7 @@ def tag_embed(
             if jpeg_tagger and tag_errors:
                 batch_errors = [e or t for e, t in zip(batch_errors, tag_errors, strict=False)]
             errors.extend(batch_errors)
-            _fault_point("tag_embed")  # a batch embedded, features not yet written
+            _fault_point("tag_embed", dataset_id, version, run_id)  # features not yet written
             for per_image in tags:
                 tags_ai.append(sorted({t.name for t in per_image}))
                 tags_detail.append(
@@ -767,9 +879,11 @@ def upsert(
     preprocessed_uri: str,
     *,
     registry_path: str | None = None,
+    run_id: str | None = None,
 ) -> dict:
     """Write the shard's documents to the store; ids are deterministic, so retries overwrite."""
     t0 = time.perf_counter()
+    hold_lease(dataset_id, version, run_id, registry_path=registry_path)
     dataset = load_registry(registry_path).get(dataset_id)
     run = Run(dataset=dataset, version=version, run_dir="")
     staging = run.staging
@@ -795,6 +909,8 @@ def upsert(
     fail_after = _int_env("IMAGEINDEX_FAULT_EXIT_AFTER_UPSERT_CHUNKS", 0)
     for n_chunk, start in enumerate(range(0, docs.num_rows, chunk), 1):
         written += store.upsert(dataset.id, docs.slice(start, chunk))
+        if n_chunk == 1:
+            _fault_point("upsert", dataset.id, version, run_id)  # one chunk written, maybe more
         if fail_after and n_chunk >= fail_after:
             # Fault injection for the kill tests: die like an OOM-killed worker, mid-shard.
             log.error("fault injection: exiting after %d upsert chunk(s)", n_chunk)
@@ -880,6 +996,7 @@ def finalize(
 ) -> dict:
     """Delete documents of removed files (guarded), optimize the store, write the run report."""
     try:
+        hold_lease(dataset_id, version, plan_result.get("run_id"), registry_path=registry_path)
         return _finalize(
             dataset_id, version, plan_result, shard_results, registry_path, stage_seconds
         )
@@ -957,6 +1074,9 @@ def _finalize(dataset_id, version, plan_result, shard_results, registry_path, st
         "reused": counts.get("reused", 0)
         - sum(r.get("reuse_missing", 0) for r in shard_results or []),
         "reuse_missing": sum(r.get("reuse_missing", 0) for r in shard_results or []),
+        # files plan read to compare contents (new or changed ones of an indexed size), bytes
+        "content_checks": counts.get("content_checks", 0),
+        "content_bytes_read": counts.get("content_bytes_read", 0),
         "deleted": 0,
         "to_delete": counts["deleted"],
         "processed": counts.get("to_process", 0),
@@ -994,6 +1114,7 @@ def _finalize(dataset_id, version, plan_result, shard_results, registry_path, st
         )
     if refusal is None and deletes.num_rows:
         report["deleted"] = store.delete(dataset.id, deletes.column("id").to_pylist())
+    _fault_point("finalize", dataset.id, version, plan_result.get("run_id"))  # report not written
     report["optimize"] = _optimize(store, dataset.id)
     from imageindex.features import write_feature_table
 
@@ -1012,12 +1133,107 @@ def _finalize(dataset_id, version, plan_result, shard_results, registry_path, st
     return report
 
 
-def _fault_point(stage: str) -> None:
-    """Fault injection for the kill tests: ``IMAGEINDEX_FAULT_EXIT_IN=<stage>`` makes this
-    process die like an OOM-killed worker (exit 137, no cleanup) in the middle of that stage."""
-    if os.environ.get("IMAGEINDEX_FAULT_EXIT_IN") == stage:
-        log.error("fault injection: exiting in the middle of %s", stage)
-        os._exit(137)
+def asset_events(report: dict) -> dict[str, dict | None] | None:
+    """The extras of the asset events a finished run emits: ``{"dataset": {…}, "features":
+    {…} or None}``, or None when the run changed nothing in the version (no file processed or
+    deleted, feature table not rewritten) — then no event is emitted, so a DAG scheduled on
+    the dataset's assets does not run after every no-change tick."""
+    table = report.get("feature_table") or {}
+    if not (report.get("processed") or report.get("deleted") or table.get("written")):
+        return None
+    dataset = {
+        k: report.get(k) for k in ("new", "changed", "deleted", "failed", "indexed", "reused")
+    }
+    features = None
+    if table.get("written"):
+        features = {"uri": table.get("uri"), "rows": table.get("rows"), "rewritten": True}
+    return {
+        "dataset": {"dataset_version": report["dataset_version"], **dataset},
+        "features": features and {"dataset_version": report["dataset_version"], **features},
+    }
+
+
+#: Stages that have a fault point (see :func:`_fault_point`).
+FAULT_STAGES = ("plan", "preprocess", "tag_embed", "upsert", "finalize")
+
+
+def current_try_number() -> int:
+    """The Airflow try number of the running task: ``IMAGEINDEX_TRY_NUMBER`` (exported by the
+    DAG at the start of each task), else ``AIRFLOW_CTX_TRY_NUMBER`` (Airflow's task runner),
+    else 1 (a run outside Airflow)."""
+    for name in ("IMAGEINDEX_TRY_NUMBER", "AIRFLOW_CTX_TRY_NUMBER"):
+        raw = os.environ.get(name)
+        if raw and raw.strip().isdigit():
+            return int(raw)
+    return 1
+
+
+def parse_fault_spec(spec: str) -> tuple[str, frozenset[int] | None]:
+    """``"<stage>[@<tries>]"`` → (stage, tries or None for every try); ``tag_embed@1,2``."""
+    stage, _, tries = spec.strip().partition("@")
+    if stage not in FAULT_STAGES:
+        raise ConfigError(
+            f"IMAGEINDEX_FAULT_EXIT_IN={spec!r}: stage {stage!r} is not one of {FAULT_STAGES}"
+        )
+    if not tries:
+        return stage, None
+    try:
+        numbers = frozenset(int(t) for t in tries.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"IMAGEINDEX_FAULT_EXIT_IN={spec!r}: tries must be numbers like tag_embed@1,2"
+        ) from None
+    return stage, numbers
+
+
+def _fault_file_spec(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"IMAGEINDEX_FAULT_FILE={path}: not readable JSON: {exc}") from None
+    if not isinstance(spec, dict) or spec.get("stage") not in FAULT_STAGES:
+        raise ConfigError(
+            f'IMAGEINDEX_FAULT_FILE={path}: needs {{"stage": one of {list(FAULT_STAGES)}}}'
+        )
+    return spec
+
+
+def _fault_point(
+    stage: str, dataset: str | None = None, version: str | None = None, run_id: str | None = None
+) -> None:
+    """Fault injection for the kill tests: die like an OOM-killed worker (exit 137, no cleanup)
+    in the middle of ``stage`` (one of :data:`FAULT_STAGES`).
+
+    Two ways to ask for it:
+
+    * ``IMAGEINDEX_FAULT_EXIT_IN=<stage>[@<tries>]`` — ``tag_embed`` kills every try,
+      ``tag_embed@1`` only the first one (so Airflow's retry succeeds), ``tag_embed@1,2`` the
+      first two. The try number is :func:`current_try_number`.
+    * ``IMAGEINDEX_FAULT_FILE=<path>`` — when that file exists, it is read at every fault point
+      (a long-running scheduler picks up a different fault per scenario without a restart):
+      ``{"stage": "tag_embed", "tries": [1], "dataset": "x", "version": "v1", "run_id": "…"}``;
+      only ``stage`` is required, each other key narrows where the fault fires.
+    """
+    wanted: list[tuple[str, frozenset[int] | None]] = []
+    if os.environ.get("IMAGEINDEX_FAULT_EXIT_IN"):
+        wanted.append(parse_fault_spec(os.environ["IMAGEINDEX_FAULT_EXIT_IN"]))
+    path = os.environ.get("IMAGEINDEX_FAULT_FILE")
+    spec = _fault_file_spec(path) if path else None
+    if spec is not None and all(
+        spec.get(key) in (None, value)
+        for key, value in (("dataset", dataset), ("version", version), ("run_id", run_id))
+    ):
+        tries = spec.get("tries")
+        wanted.append((spec["stage"], frozenset(int(t) for t in tries) if tries else None))
+    try_number = current_try_number()
+    for want_stage, tries in wanted:
+        if want_stage == stage and (tries is None or try_number in tries):
+            log.error("fault injection: exiting in the middle of %s (try %d)", stage, try_number)
+            logging.shutdown()
+            os._exit(137)
 
 
 def _int_env(name: str, default: int) -> int:
@@ -1058,16 +1274,27 @@ def run_all(
     try:
         results = []
         for shard in p["shards"]:
-            results.append(run_shard(dataset_id, p["dataset_version"], shard, registry_path))
+            results.append(
+                run_shard(dataset_id, p["dataset_version"], shard, registry_path, run_id=run_id)
+            )
         return finalize(dataset_id, p["dataset_version"], p, results, registry_path=registry_path)
     finally:
         release_lease(dataset_id, p["dataset_version"], run_id, registry_path=registry_path)
 
 
-def run_shard(dataset_id: str, version: str, manifest_uri: str, registry_path=None) -> dict:
-    a = preprocess(dataset_id, version, manifest_uri, registry_path=registry_path)
-    b = tag_embed(dataset_id, version, a["preprocessed"], registry_path=registry_path)
-    c = upsert(dataset_id, version, b["features"], a["preprocessed"], registry_path=registry_path)
+def run_shard(
+    dataset_id: str,
+    version: str,
+    manifest_uri: str,
+    registry_path=None,
+    *,
+    run_id: str | None = None,
+) -> dict:
+    """One shard's three stages in a row; with ``run_id``, each checks the run's lease."""
+    kw = {"registry_path": registry_path, "run_id": run_id}
+    a = preprocess(dataset_id, version, manifest_uri, **kw)
+    b = tag_embed(dataset_id, version, a["preprocessed"], **kw)
+    c = upsert(dataset_id, version, b["features"], a["preprocessed"], **kw)
     return shard_summary(a, b, c)
 
 

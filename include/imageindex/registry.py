@@ -14,6 +14,7 @@ Example::
           v1: {source: ./samples}                # file:///abs, a path, or s3://bucket/prefix
         tagger: {type: offline, definitions: tags/samples.json}
         schedule: "@daily"                       # incremental runs; null = manual only
+        catchup: false                           # true: also run intervals missed so far
 
 Every error names the file, the dataset and the field, so a typo is fixed in one go.
 """
@@ -42,6 +43,7 @@ _DATASET_KEYS = {
     "embedder",
     "store",
     "schedule",
+    "catchup",
     "fingerprint",
     "s3_conn_id",
     "shard_size",
@@ -87,6 +89,8 @@ class DatasetSpec:
     store: dict = field(default_factory=dict)
     #: a preset or cron expression, a tuple of asset uris (asset-triggered), or None (manual)
     schedule: str | tuple[str, ...] | None = None
+    #: with a time schedule, also run the intervals missed since the DAG's start date
+    catchup: bool = False
     fingerprint: str = "stat"
     s3_conn_id: str | None = None
     shard_size: int | None = None
@@ -272,6 +276,12 @@ def _parse_dataset(
                 "nor a 5-field cron expression",
             )
 
+    catchup = item.get("catchup", False)
+    if not isinstance(catchup, bool):
+        raise err("catchup", f"must be true or false (got {catchup!r})")
+    if catchup and not isinstance(schedule, str):
+        raise err("catchup", "needs a time schedule (a preset or cron expression)")
+
     fingerprint = item.get("fingerprint", defaults.get("fingerprint", "stat"))
     if fingerprint not in _FINGERPRINTS:
         raise err("fingerprint", f"must be one of {sorted(_FINGERPRINTS)} (got {fingerprint!r})")
@@ -321,6 +331,7 @@ def _parse_dataset(
         embedder=model_spec("embedder"),
         store=store,
         schedule=schedule,
+        catchup=catchup,
         fingerprint=fingerprint,
         s3_conn_id=s3_conn_id,
         shard_size=shard_size,

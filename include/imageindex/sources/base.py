@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
@@ -30,6 +31,11 @@ class Source(ABC):
     @abstractmethod
     def read_bytes(self, uri: str) -> bytes:
         """The content of one file; a uri outside this source's root is refused (SourceError)."""
+
+    def content_fingerprint(self, uri: str) -> tuple[str, int]:
+        """``("sha256:<hex>", bytes read)`` of one file's content (compared across versions)."""
+        data = self.read_bytes(uri)
+        return "sha256:" + hashlib.sha256(data).hexdigest(), len(data)
 
     @abstractmethod
     def check_available(self) -> None:

@@ -50,6 +50,24 @@ def read_local_file(path: Path, *, since: str = "the listing") -> bytes:
         raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
+def sha256_file(path: Path | str) -> tuple[str, int]:
+    """``("sha256:<hex>", size)`` of a file, read in 1 MiB chunks (never whole in memory)."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except FileNotFoundError:
+        raise SourceError(f"{path} does not exist (deleted since the listing?)") from None
+    except OSError as exc:
+        raise SourceError(
+            f"cannot read {path} to hash it: {exc.strerror or exc}; fix its permissions"
+        ) from exc
+    return f"sha256:{digest.hexdigest()}", size
+
+
 class LocalSource(Source):
     """Every image under a folder. Hidden entries are skipped; directory symlinks are not followed
     (no loops, no escaping the root), symlinked files are listed."""
@@ -133,25 +151,21 @@ class LocalSource(Source):
     def _fingerprint(self, path: Path | str, st: os.stat_result) -> str:
         if self.fingerprint == "stat":
             return f"stat:{st.st_size}-{st.st_mtime_ns}"
-        digest = hashlib.sha256()
-        try:
-            with open(path, "rb") as f:
-                while chunk := f.read(_HASH_CHUNK):
-                    digest.update(chunk)
-        except OSError as exc:
-            raise SourceError(
-                f"cannot read {path} to hash it: {exc.strerror or exc}; fix its permissions "
-                "or use fingerprint 'stat'"
-            ) from exc
-        return f"sha256:{digest.hexdigest()}"
+        return sha256_file(path)[0]
+
+    def content_fingerprint(self, uri: str) -> tuple[str, int]:
+        return sha256_file(self._inside(uri))
 
     def read_bytes(self, uri: str) -> bytes:
+        return read_local_file(self._inside(uri))
+
+    def _inside(self, uri: str) -> Path:
         path = local_path_from_uri(uri)
         if path == self.root or not path.is_relative_to(self.root):
             raise SourceError(
                 f"{uri} is outside the source folder {self.root}; refusing to read it"
             )
-        return read_local_file(path)
+        return path
 
     def check_available(self) -> None:
         try:
