@@ -8,7 +8,11 @@ config/registry.compose.yaml against the workers and airflow-init, the shell and
 airflow-init and SeaweedFS run (syntax; and airflow-init for real: its connections file is loaded
 by Airflow, and the whole script runs on a SQLite Airflow against a real SeaweedFS), and that no
 secret is written down.
-Where a Compose CLI exists, ``docker compose config`` validates the file against the spec too.
+Variables are substituted by this suite's own ``interpolate()``; compose-go, the loader that the
+docker compose CLI is built on (built from tests/composego with the Go toolchain), loads the file
+for real too: it validates it against the Compose schema, and its interpolation must agree with
+``interpolate()`` on every service's environment, command, entrypoint, healthcheck and image.
+Where a Compose CLI exists, ``docker compose config`` validates the file as well.
 """
 
 from __future__ import annotations
@@ -74,8 +78,8 @@ class MissingVariable(KeyError):
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:
-    """Compose's interpolation: $$, $VAR, ${VAR}, ${VAR:-d}, ${VAR-d}, ${VAR:?e}, ${VAR?e},
-    ${VAR:+a}, ${VAR+a}."""
+    """This suite's copy of Compose's interpolation: $$, $VAR, ${VAR}, ${VAR:-d}, ${VAR-d},
+    ${VAR:?e}, ${VAR?e}, ${VAR:+a}, ${VAR+a}. Checked against compose-go below."""
 
     def sub(m: re.Match) -> str:
         if m.group("escaped"):
@@ -745,6 +749,81 @@ def test_init_script_end_to_end(seaweedfs, init_script, resolved, tmp_path):
     conns = {c["conn_id"] for c in airflow_json("connections", "list")}
     assert {conn_id, "opensearch_default"} <= conns
     assert "dashscope_default" not in conns
+
+
+# -------------------------------------------------------------------------- compose-go
+
+COMPOSE_GO = ROOT / "tests" / "composego"
+
+
+@pytest.fixture(scope="module")
+def compose_go(tmp_path_factory):
+    """``load(env)``: compose-go loads docker-compose.yaml with only ``env``'s variables."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("no Go toolchain to build tests/composego (compose-go)")
+    out_dir = tmp_path_factory.mktemp("composego")
+    binary = out_dir / "composeconfig"
+    build = subprocess.run(
+        [go, "build", "-o", str(binary), "."],
+        cwd=COMPOSE_GO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+
+    def load(env: dict[str, str]) -> subprocess.CompletedProcess:
+        assert not any("'" in v for v in env.values())
+        env_file = out_dir / "vars.env"
+        # Single quotes: the value as written, nothing substituted inside it.
+        env_file.write_text("".join(f"{k}='{v}'\n" for k, v in env.items()), encoding="utf-8")
+        return subprocess.run(
+            [str(binary), str(COMPOSE_FILE), str(env_file)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": os.environ.get("PATH", ""), "HOME": str(out_dir)},
+        )
+
+    return load
+
+
+def test_compose_go_loads_the_file_and_interpolates_like_this_suite(
+    compose_go, resolved, filled_env
+):
+    proc = compose_go(filled_env)
+    assert proc.returncode == 0, proc.stderr
+    real = json.loads(proc.stdout)["services"]
+    assert set(real) == set(resolved)
+    compared = 0
+    for name, svc in resolved.items():
+        ours, theirs = svc, real[name]
+        env = theirs.get("environment") or {}
+        for key, value in as_mapping(ours.get("environment")).items():
+            # compose-go also merges env_file entries in; the ones written here must agree.
+            assert (env.get(key) or "") == value, f"{name}: {key}"
+            compared += 1
+        for field in ("command", "entrypoint"):
+            if ours.get(field) is not None:
+                assert theirs[field] == command_words(ours[field]), f"{name}: {field}"
+                compared += 1
+        if "healthcheck" in ours:
+            assert theirs["healthcheck"]["test"] == ours["healthcheck"]["test"], name
+            compared += 1
+        if "image" in ours:
+            assert theirs["image"] == ours["image"], name
+            compared += 1
+    assert compared > 100, compared
+
+
+def test_compose_go_refuses_each_missing_required_variable(compose_go, services, filled_env):
+    required = {n for _, t in walk_strings(services) for n, op, _ in references(t) if op == ":?"}
+    assert required
+    for name in sorted(required):
+        proc = compose_go({k: v for k, v in filled_env.items() if k != name})
+        assert proc.returncode != 0, f"compose-go accepted the file without {name}"
+        assert name in proc.stderr, proc.stderr
 
 
 # ------------------------------------------------------------------------- compose CLI
