@@ -6,11 +6,16 @@ so a changed input gives a new name and a stale file is never read. Writes go to
 in the same folder and are renamed into place with :func:`os.replace`, so a reader sees either no
 file or a complete one, even when several worker processes build the same file at once (they may
 each do the work; the last rename wins and every candidate is identical).
+
+The digests of the model files themselves (the keys above) are remembered in
+``file-sha256.json`` by path, size, mtime and inode, so a fresh worker process (one per Airflow
+task) does not read ~110 MB of weights to name the files it then loads.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import threading
@@ -23,8 +28,11 @@ from imageindex.errors import ConfigError
 
 ENV_VAR = "IMAGEINDEX_MODEL_CACHE"
 
+HASH_INDEX = "file-sha256.json"
+
 _file_hash_lock = threading.Lock()
-_file_hashes: dict[tuple[str, int, int], str] = {}
+_file_hashes: dict[str, str] = {}
+_index_read = False
 
 
 def cache_dir() -> Path:
@@ -45,11 +53,16 @@ def cache_dir() -> Path:
 
 
 def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's content, memoised per process by (path, size, mtime)."""
+    """sha256 of a file's content, memoised by (path, size, mtime, inode) in this process and in
+    the cache folder's :data:`HASH_INDEX`."""
+    global _index_read
     path = Path(path)
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
     with _file_hash_lock:
+        if not _index_read:
+            _file_hashes.update(_read_hash_index())
+            _index_read = True
         cached = _file_hashes.get(key)
     if cached is not None:
         return cached
@@ -60,7 +73,21 @@ def file_sha256(path: str | Path) -> str:
     value = digest.hexdigest()
     with _file_hash_lock:
         _file_hashes[key] = value
+        # Merge with what other processes wrote meanwhile; a lost race only costs a re-hash.
+        known = _read_hash_index() | {key: value}
+        data = json.dumps(known, sort_keys=True, indent=0).encode()
+        atomic_write(cache_dir() / HASH_INDEX, lambda tmp: tmp.write_bytes(data))
     return value
+
+
+def _read_hash_index() -> dict[str, str]:
+    try:
+        known = json.loads((cache_dir() / HASH_INDEX).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or damaged: hashes are recomputed and rewritten
+        return {}
+    if not isinstance(known, dict):
+        return {}
+    return {k: v for k, v in known.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def content_hash(parts: Iterable[str | bytes], length: int = 16) -> str:

@@ -6,6 +6,7 @@ temporary root, shared with ``tests/taggers`` so the label embeddings are comput
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -188,6 +189,40 @@ def test_to_uint8_batch_accepts_pil_and_odd_arrays():
         to_uint8_batch([np.zeros((224, 224, 3), np.float32)], 224)
     with pytest.raises(TypeError, match="shape"):
         to_uint8_batch([np.zeros((224, 224, 2), np.uint8)], 224)
+
+
+def test_file_hashes_are_remembered_across_processes(tmp_path, monkeypatch):
+    # A fresh task process names the cached model files without reading the weights again.
+    monkeypatch.setenv("IMAGEINDEX_MODEL_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"a" * 100_000)
+    code = (
+        "import hashlib, sys\n"
+        "from imageindex import modelcache\n"
+        "if sys.argv[1] == 'no-reading':\n"
+        "    hashlib.sha256 = None\n"
+        "print(modelcache.file_sha256(sys.argv[2]))\n"
+    )
+
+    def child(mode: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", code, mode, str(weights)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert child("hash") == hashlib.sha256(b"a" * 100_000).hexdigest()
+    assert child("no-reading") == hashlib.sha256(b"a" * 100_000).hexdigest()
+    # Same size, new content and mtime: hashed again, never the old digest.
+    weights.write_bytes(b"b" * 100_000)
+    os.utime(weights, ns=(1_000_000_000, 1_000_000_000))
+    assert child("hash") == hashlib.sha256(b"b" * 100_000).hexdigest()
+    (tmp_path / "cache" / modelcache.HASH_INDEX).write_text("{damaged")
+    assert child("hash") == hashlib.sha256(b"b" * 100_000).hexdigest()
 
 
 def test_modelcache_atomic_and_keyed(tmp_path, monkeypatch):
