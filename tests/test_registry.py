@@ -143,3 +143,16 @@ datasets:
         bad = write(tmp_path, "datasets:\n  - id: a\n    versions: {v1: /x}\n" + body)
         with pytest.raises(RegistryError, match=field.replace(".", r"\.")):
             load_registry(bad)
+
+
+def test_catchup_is_off_unless_asked_and_needs_a_time_schedule(tmp_path):
+    base = "datasets:\n  - id: a\n    versions: {v1: /x}\n"
+    assert load_registry(write(tmp_path, base)).get("a").catchup is False
+    daily = base + "    schedule: '@daily'\n    catchup: true\n"
+    assert load_registry(write(tmp_path, daily)).get("a").catchup is True
+    for body, message in (
+        (base + "    catchup: true\n", "needs a time schedule"),
+        (base + "    schedule: '@daily'\n    catchup: 'yes'\n", "must be true or false"),
+    ):
+        with pytest.raises(RegistryError, match=f"field 'catchup': {message}"):
+            load_registry(write(tmp_path, body))
