@@ -14,6 +14,7 @@ Staging layout of one run::
         shards/00000/manifest.parquet  files to process (uri, key, size, mtime, fingerprint, change)
         shards/00000/preprocessed.parquet   metadata, errors, thumbnail bytes
         shards/00000/features.parquet  vectors and tags
+        shards/00000/upserted.json     upsert's counts: the shard's documents are in the store
         report.json                    the run report
 """
 
@@ -255,6 +256,7 @@ def plan(
 
 def _plan(run: Run, run_id: str, mode: str, shard_size, max_shards, t0: float) -> dict:
     cfg = settings()
+    started_at = datetime.now(UTC).isoformat()
     staging = run.staging
     staging.delete_prefix(run.run_dir)  # a retried plan starts from a clean run folder
     store = run.store()
@@ -324,6 +326,7 @@ def _plan(run: Run, run_id: str, mode: str, shard_size, max_shards, t0: float) -
         "dataset_id": run.dataset.id,
         "dataset_version": run.version,
         "run_id": run_id,
+        "started_at": started_at,
         "mode": mode,
         "run_dir": run.run_dir,
         "shards": shards,
@@ -916,7 +919,7 @@ def upsert(
             log.error("fault injection: exiting after %d upsert chunk(s)", n_chunk)
             os._exit(137)
     n_failed = int(pc.sum(pc.equal(docs.column("status"), STATUS_FAILED)).as_py() or 0)
-    return {
+    result = {
         "upserted": written,
         "ok": docs.num_rows - n_failed,
         "failed": n_failed,
@@ -926,6 +929,9 @@ def upsert(
         "preprocessed": preprocessed_uri,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    # The shard's progress mark for whoever watches the run (the View Data page).
+    staging.write_json(manifest_uri.rsplit("/", 1)[0] + "/upserted.json", result)
+    return result
 
 
 def _reused_documents(
