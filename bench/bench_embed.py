@@ -5,15 +5,18 @@ thumbnails like the preprocess stage writes):
 
 (a) ``onnx_forward``: the bare ONNX Runtime forward of EfficientNet-Lite0 on a preprocessed batch
     (224x224 uint8 arrays already in memory -> float normalisation + ``session.run``);
-(b) ``embed_stage``: decode the thumbnails + resize to 224 (thread pool, overlapped with the model)
-    + ``embed_images`` (forward, softmax, ConSE projection), as ``pipeline.tag_embed`` runs it;
-    ``embed_stage_model`` is the time inside ``embed_images`` during that run (it shares the two
-    cores with the decode threads), ``embed_images`` the same calls on arrays already in memory;
+(b) ``embed_stage``: as ``pipeline.tag_embed`` runs it: the model input that preprocess stored
+    (raw 224x224 pixels, ``preprocess.model_input``) read on a thread pool overlapped with
+    ``embed_images`` (forward, softmax, ConSE projection); ``embed_stage_model`` is the time inside
+    ``embed_images`` during that run, ``embed_images`` the same calls on arrays already in memory;
+    ``embed_stage_decoding`` the same with the thumbnails decoded and resized to 224 there (shards
+    without the stored input; how the stage ran before preprocess stored it);
 (c) ``torch_forward``: the plain PyTorch forward of the same batch.
 
 Runs are interleaved and the best of ``--repeats`` rounds is kept (see ``interleaved_best``).
-On 2 cores the decode competes with the model's two threads, so (b)/(a) is bounded by
-``1 / (1 + forward_rate / (2 * decode_rate))`` even with perfect overlap.
+On 2 cores a decode competes with the model's two threads, so ``embed_stage_decoding``/(a) is
+bounded by ``1 / (1 + forward_rate / (2 * decode_rate))`` even with perfect overlap; preprocess
+pays that decode instead (``decode_resize_img_s``, on the CPU workers).
 
 Prints one JSON object. ``--n`` images, ``--batch-size`` per model call.
 
@@ -38,19 +41,7 @@ from PIL import Image
 
 from imageindex.embedders import get_embedder
 from imageindex.embedders.offline import cpu_threads, normalize_pixels
-
-try:
-    from imageindex.preprocess import load_model_input
-except ImportError:  # the preprocess module predates it: same decode, locally
-
-    def load_model_input(data: bytes, size: int = 224) -> np.ndarray:
-        with Image.open(BytesIO(data)) as img:
-            img.draft("RGB", (size, size))
-            rgb = img.convert("RGB")
-        if rgb.size != (size, size):
-            rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
-        return np.asarray(rgb, dtype=np.uint8)
-
+from imageindex.preprocess import load_model_input, model_input
 
 SAMPLES = [
     ("skimage", "data", "*.png"),
@@ -128,6 +119,7 @@ def main() -> None:
 
     thumbs = make_thumbnails(n)
     arrays = np.stack([load_model_input(t, 224) for t in thumbs])
+    stored = [a.tobytes() for a in arrays]  # what preprocess writes to the shard
 
     t0 = time.perf_counter()
     embedder = get_embedder({"type": "offline", "batch_size": bs})
@@ -147,25 +139,34 @@ def main() -> None:
         for batch in batches:
             torch_forward(normalize_pixels(batch))
 
-    def embed_stage() -> float:
-        """Decode two batches ahead on a 2-thread pool while the model runs (as tag_embed)."""
-        model_s = 0.0
-        chunks = [thumbs[s : s + bs] for s in range(0, n, bs)]
-        with ThreadPoolExecutor(max_workers=2) as pool:
+    def embed_stage(pixels: list[bytes | None]) -> Callable[[], float]:
+        """Get two batches ahead on a 2-thread pool while the model runs (as tag_embed)."""
 
-            def decode(chunk: list[bytes]) -> list[np.ndarray]:
-                return [load_model_input(b, embedder.input_size) for b in chunk]
+        def run() -> float:
+            model_s = 0.0
+            starts = range(0, n, bs)
+            size = embedder.input_size
+            with ThreadPoolExecutor(max_workers=2) as pool:
 
-            futures = [pool.submit(decode, c) for c in chunks[:2]]
-            for i in range(len(chunks)):
-                images = futures[i].result()
-                if i + 2 < len(chunks):
-                    futures.append(pool.submit(decode, chunks[i + 2]))
-                tm = time.perf_counter()
-                emb = embedder.embed_images(images)
-                model_s += time.perf_counter() - tm
-                assert emb.vectors.shape == (len(images), embedder.dim)
-        return model_s
+                def get(start: int) -> list[np.ndarray]:
+                    end = start + bs
+                    return [
+                        model_input(p, t, size)
+                        for p, t in zip(pixels[start:end], thumbs[start:end], strict=True)
+                    ]
+
+                futures = [pool.submit(get, s) for s in starts[:2]]
+                for i in range(len(starts)):
+                    images = futures[i].result()
+                    if i + 2 < len(starts):
+                        futures.append(pool.submit(get, starts[i + 2]))
+                    tm = time.perf_counter()
+                    emb = embedder.embed_images(images)
+                    model_s += time.perf_counter() - tm
+                    assert emb.vectors.shape == (len(images), embedder.dim)
+            return model_s
+
+        return run
 
     def embed_in_memory() -> None:
         for batch in batches:
@@ -181,12 +182,14 @@ def main() -> None:
         {
             "onnx_forward": onnx_forward,
             "embed_images": embed_in_memory,
-            "embed_stage": embed_stage,
+            "embed_stage": embed_stage(stored),
+            "embed_stage_decoding": embed_stage([None] * n),
             "decode": decode_only,
         },
     )
     onnx_s, images_s, decode_s = (best[k][0] for k in ("onnx_forward", "embed_images", "decode"))
     stage_s, model_s = best["embed_stage"]
+    decoding_s = best["embed_stage_decoding"][0]
     torch_forward(normalize_pixels(batches[0][:2]))  # warm-up
     torch_s = interleaved_best(args.torch_repeats, {"torch": torch_run})["torch"][0]
 
@@ -206,17 +209,25 @@ def main() -> None:
         "embed_images_img_s": rate(images_s),
         "embed_stage_img_s": rate(stage_s),
         "embed_stage_model_img_s": rate(model_s),
+        "embed_stage_decoding_img_s": rate(decoding_s),
         "decode_resize_img_s": rate(decode_s),
         "torch_forward_img_s": rate(torch_s),
         "ratio_embed_stage_to_onnx_forward": round(onnx_s / stage_s, 3),
+        "ratio_embed_stage_decoding_to_onnx_forward": round(onnx_s / decoding_s, 3),
         "ratio_embed_images_to_onnx_forward": round(onnx_s / images_s, 3),
         "ratio_stage_model_part_to_onnx_forward": round(onnx_s / model_s, 3),
         "onnx_speedup_over_torch": round(torch_s / onnx_s, 2),
-        "targets": {"embed_stage_img_s": 35.0, "ratio_embed_images_to_onnx_forward": 0.9},
+        "targets": {
+            "embed_stage_img_s": 35.0,
+            "ratio_embed_images_to_onnx_forward": 0.9,
+            "ratio_embed_stage_to_onnx_forward": 0.9,
+        },
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     result["targets_met"] = bool(
-        result["embed_stage_img_s"] >= 35.0 and result["ratio_embed_images_to_onnx_forward"] >= 0.9
+        result["embed_stage_img_s"] >= 35.0
+        and result["ratio_embed_images_to_onnx_forward"] >= 0.9
+        and result["ratio_embed_stage_to_onnx_forward"] >= 0.9
     )
     print(json.dumps(result, indent=2))
 
