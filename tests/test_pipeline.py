@@ -384,6 +384,14 @@ def test_fault_hook_kills_only_the_tries_it_names(tmp_path):
     assert fault_exit(env, "tag_embed", "t", "v1") == 0
     assert fault_exit({**env, "IMAGEINDEX_TRY_NUMBER": "3"}, "upsert", "t", "v1") == 137
 
+    # hang_s: the process stays at the fault point that long, then carries on (no exit).
+    fault_file.write_text('{"stage": "upsert", "hang_s": 1.5}')
+    t0 = time.perf_counter()
+    assert fault_exit(env, "upsert", "t", "v1") == 0
+    assert time.perf_counter() - t0 >= 1.5
+    fault_file.write_text('{"stage": "upsert", "hang_s": "long"}')
+    assert fault_exit(env, "upsert", "t", "v1") == 1  # ConfigError naming the file
+
 
 def test_cleared_shards_take_the_lease_again_and_never_overlap_another_run(dataset):
     from imageindex.errors import VersionBusyError

@@ -1204,6 +1204,11 @@ def _fault_file_spec(path: str) -> dict | None:
         raise ConfigError(
             f'IMAGEINDEX_FAULT_FILE={path}: needs {{"stage": one of {list(FAULT_STAGES)}}}'
         )
+    hang = spec.get("hang_s", 0)
+    if isinstance(hang, bool) or not isinstance(hang, int | float) or hang < 0:
+        raise ConfigError(
+            f"IMAGEINDEX_FAULT_FILE={path}: hang_s must be seconds >= 0, not {hang!r}"
+        )
     return spec
 
 
@@ -1221,11 +1226,13 @@ def _fault_point(
     * ``IMAGEINDEX_FAULT_FILE=<path>`` — when that file exists, it is read at every fault point
       (a long-running scheduler picks up a different fault per scenario without a restart):
       ``{"stage": "tag_embed", "tries": [1], "dataset": "x", "version": "v1", "run_id": "…"}``;
-      only ``stage`` is required, each other key narrows where the fault fires.
+      only ``stage`` is required, each other key narrows where the fault fires. With
+      ``"hang_s": N`` the task sleeps N seconds there instead of exiting, so a test can kill the
+      worker that runs it while it is provably in the middle of the stage.
     """
-    wanted: list[tuple[str, frozenset[int] | None]] = []
+    wanted: list[tuple[str, frozenset[int] | None, float]] = []
     if os.environ.get("IMAGEINDEX_FAULT_EXIT_IN"):
-        wanted.append(parse_fault_spec(os.environ["IMAGEINDEX_FAULT_EXIT_IN"]))
+        wanted.append((*parse_fault_spec(os.environ["IMAGEINDEX_FAULT_EXIT_IN"]), 0.0))
     path = os.environ.get("IMAGEINDEX_FAULT_FILE")
     spec = _fault_file_spec(path) if path else None
     if spec is not None and all(
@@ -1233,10 +1240,15 @@ def _fault_point(
         for key, value in (("dataset", dataset), ("version", version), ("run_id", run_id))
     ):
         tries = spec.get("tries")
-        wanted.append((spec["stage"], frozenset(int(t) for t in tries) if tries else None))
+        tries = frozenset(int(t) for t in tries) if tries else None
+        wanted.append((spec["stage"], tries, float(spec.get("hang_s") or 0)))
     try_number = current_try_number()
-    for want_stage, tries in wanted:
+    for want_stage, tries, hang_s in wanted:
         if want_stage == stage and (tries is None or try_number in tries):
+            if hang_s:
+                log.error("fault injection: hanging %gs in %s (try %d)", hang_s, stage, try_number)
+                time.sleep(hang_s)
+                return
             log.error("fault injection: exiting in the middle of %s (try %d)", stage, try_number)
             logging.shutdown()
             os._exit(137)
