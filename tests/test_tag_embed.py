@@ -73,3 +73,14 @@ def test_tag_embed_uses_the_stored_model_input_and_matches_decoding(shard, monke
     assert np.array_equal(from_pixels[0], from_thumbnails[0])
     assert from_pixels[1:] == from_thumbnails[1:]
     assert any(from_pixels[1])  # tags were given, so equal tags mean something
+
+
+def test_shards_over_the_limit_leave_the_model_input_out(shard, monkeypatch):
+    with_pixels = features(pipeline.tag_embed("t", "v1", shard)["features"])
+    # 150 KB an image in memory until the shard is written: a huge shard stores none.
+    monkeypatch.setattr(pipeline, "MODEL_INPUT_MAX_ROWS", 3)
+    manifest = str(Path(shard).with_name("manifest.parquet"))
+    assert pipeline.preprocess("t", "v1", manifest)["ok"] == 3
+    assert pq.read_table(shard, columns=["model_input"]).column(0).null_count == 4
+    decoded = features(pipeline.tag_embed("t", "v1", shard)["features"])
+    assert np.array_equal(with_pixels[0], decoded[0]) and with_pixels[1:] == decoded[1:]

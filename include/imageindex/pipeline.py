@@ -80,6 +80,9 @@ PREPROCESSED_SCHEMA = pa.schema(
     ]
 )
 
+#: Shards up to this many files carry their model inputs (see preprocess()).
+MODEL_INPUT_MAX_ROWS = 2000
+
 #: Read errors are transient (network, permissions being fixed): such files are not written to the
 #: index, so the next run picks them up again. Content errors are recorded as failed documents.
 TRANSIENT_REASONS = frozenset({"read_failed"})
@@ -605,12 +608,15 @@ def preprocess(
     out: dict[str, list] = {name: [] for name in PREPROCESSED_SCHEMA.names}
     reasons: Counter = Counter()
     thumb_writes = []
+    # The model inputs (150 KB an image at 224 px) stay in memory until the shard file is
+    # written: the huge shards of datasets over ~500k files leave them out (tag_embed decodes).
+    pixels = model_input_size(dataset.embedder) if len(rows) <= MODEL_INPUT_MAX_ROWS else None
     for row, (_, res) in zip(
         rows,
         preprocess_many(
             ((r["uri"], loader(r["uri"])) for r in rows),
             threads=threads,
-            model_input_size=model_input_size(dataset.embedder),
+            model_input_size=pixels,
         ),
         strict=True,
     ):
