@@ -29,7 +29,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Security
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import (
@@ -183,6 +183,50 @@ class DatasetOut(BaseModel):
 
 class DatasetsOut(BaseModel):
     datasets: list[DatasetOut]
+
+
+class StageProgress(BaseModel):
+    stage: str = Field(description="preprocess, tag_embed or upsert")
+    done: int = Field(description="files of the shards this stage has finished")
+    total: int = Field(description="files the run processes")
+    shards_done: int
+    shards: int
+
+
+class FailedFilter(BaseModel):
+    version: str
+    dsl: str = Field(
+        description="query-language filter that finds the documents this run stored as failed "
+        "(files that could not be read are not stored; the next run tries them again)"
+    )
+
+
+class RunOut(BaseModel):
+    run: str = Field(description="the run's staging folder: its Airflow run id, made safe")
+    run_id: str | None = Field(None, description="the Airflow run id (once planned)")
+    version: str
+    state: str = Field(
+        description="planning, running, finished, or stopped (no report and no longer "
+        "holding the version: failed or killed)"
+    )
+    mode: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    files: int | None = Field(None, description="files the run processes (new, changed, retag)")
+    shards: int | None = None
+    stages: list[StageProgress]
+    report: dict[str, Any] | None = Field(
+        None, description="the run report's counts, failed_by_reason and seconds per stage"
+    )
+    failed_filter: FailedFilter | None = Field(
+        None, description="shows the run's failed files in the gallery; null without failures"
+    )
+
+
+class RunsOut(BaseModel):
+    dataset_id: str
+    version: str
+    runs: list[RunOut]
 
 
 class TagsBody(BaseModel):
@@ -532,6 +576,62 @@ def list_datasets(user: User) -> dict:
 def get_dataset(ds: ReadableDataset, user: User) -> dict:
     """One dataset with indexed counts per version and each version's last run."""
     return _dataset_out(ds, user)
+
+
+# --------------------------------------------------------------------------------------------
+# runs: progress while in flight, the report afterwards
+
+
+_RUN_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$"
+RunName = Annotated[str, PathParam(pattern=_RUN_NAME, description="run folder (see RunOut.run)")]
+VersionName = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="version")]
+
+
+def _run_staging(ds, version: str):
+    from imageindex.config import settings
+    from imageindex.errors import RegistryError
+    from imageindex.staging import open_staging
+
+    try:
+        name = ds.version(version).name
+    except RegistryError as exc:
+        raise HTTPException(404, str(exc)) from None
+    return name, open_staging(settings().staging_root, s3_conn_id=_s3_conn_id(ds))
+
+
+@app.get(
+    "/datasets/{dataset_id}/versions/{version}/runs", response_model=RunsOut, responses=_ERRORS
+)
+def list_runs(
+    ds: ReadableDataset,
+    version: VersionName,
+    limit: Annotated[int, Query(ge=1, le=20, description="runs to return")] = 5,
+) -> dict:
+    """The version's index runs, the one in flight first, then newest first: per stage
+    (preprocess, tag_embed, upsert) the files done of the run's total, and, once a run has
+    finished, its report with failures by reason and a gallery filter for its failed files."""
+    from imageindex_airflow.runs import list_runs as runs_of
+
+    name, staging = _run_staging(ds, version)
+    return {
+        "dataset_id": ds.id,
+        "version": name,
+        "runs": runs_of(staging, ds.id, name, limit=limit),
+    }
+
+
+@app.get(
+    "/datasets/{dataset_id}/versions/{version}/runs/{run}", response_model=RunOut, responses=_ERRORS
+)
+def get_run(ds: ReadableDataset, version: VersionName, run: RunName) -> dict:
+    """One run of the version, as in the list (poll it while the run is in flight)."""
+    from imageindex_airflow.runs import get_run as run_of
+
+    name, staging = _run_staging(ds, version)
+    found = run_of(staging, ds.id, name, run)
+    if found is None:
+        raise HTTPException(404, f"dataset '{ds.id}' version '{name}' has no run '{run}'")
+    return found
 
 
 # --------------------------------------------------------------------------------------------

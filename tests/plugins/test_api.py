@@ -67,17 +67,25 @@ datasets:
     versions:
       v1: {{source: {tmp / "empty-src"}}}
     store: {{uri: {tmp / "store"}}}
+  - id: runs
+    versions:
+      v1: {{source: {tmp / "runs-src"}}}
+    store: {{uri: {tmp / "store"}}}
 """
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """Five photos indexed into dataset ``t``; ``empty`` is registered but never indexed."""
+    """Five photos indexed into dataset ``t``; ``empty`` is registered but never indexed;
+    ``runs`` (four photos and a broken file) is indexed stage by stage by the run tests."""
     tmp = tmp_path_factory.mktemp("plugin-api")
     src = tmp / "src"
     for seed, rel in enumerate(PHOTOS):
         make_photo(src / rel, seed=seed, fmt="PNG" if rel.endswith(".png") else "JPEG")
     make_photo(tmp / "empty-src" / "x.jpg")
+    for seed in range(4):
+        make_photo(tmp / "runs-src" / f"r{seed}.jpg", seed=10 + seed)
+    (tmp / "runs-src" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a JPEG after all")
     registry = tmp / "registry.yaml"
     registry.write_text(_registry(tmp, src), encoding="utf-8")
     with pytest.MonkeyPatch.context() as mp:
@@ -140,6 +148,8 @@ ROUTES = [
     ("POST", "/datasets/t/tags"),
     ("DELETE", "/datasets/t/tags"),
     ("POST", "/datasets/t/export"),
+    ("GET", "/datasets/t/versions/v1/runs"),
+    ("GET", "/datasets/t/versions/v1/runs/x"),
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
     ("GET", "/ui/app.js"),
@@ -177,7 +187,7 @@ def test_the_ui_login_cookie_works_like_a_bearer_token(env):
     finally:
         env.client.cookies.clear()
     assert response.status_code == 200
-    assert [d["id"] for d in response.json()["datasets"]] == ["t", "empty"]
+    assert [d["id"] for d in response.json()["datasets"]] == ["t", "empty", "runs"]
 
 
 def test_access_follows_the_dataset_dag_permissions(env):
@@ -186,7 +196,7 @@ def test_access_follows_the_dataset_dag_permissions(env):
     assert env.search("nobody", text="x").status_code == 403
     # Viewers read and search but may not edit user tags.
     viewer = env.get("/datasets", "viewer").json()["datasets"]
-    assert [d["can_edit"] for d in viewer] == [False, False]
+    assert [d["can_edit"] for d in viewer] == [False, False, False]
     doc = next(iter(env.ids().values()))
     denied = env.post(f"/datasets/t/files/{doc}/tags", "viewer", json={"tags": ["x"]})
     assert denied.status_code == 403 and "imageindex_t" in denied.json()["detail"]
@@ -529,6 +539,100 @@ def test_export_to_a_logical_version_needs_edit_permission(env):
     assert original.content == (env.src / "a" / hits[0]["file_name"]).read_bytes()
 
 
+# --------------------------------------------------------------------------------------------
+# runs: files done per stage while in flight, the report afterwards
+
+
+def _progress(run: dict) -> dict[str, tuple[int, int]]:
+    return {s["stage"]: (s["done"], s["total"]) for s in run["stages"]}
+
+
+def test_a_finished_run_and_its_report(env):
+    body = env.get("/datasets/t/versions/v1/runs").json()
+    assert body["dataset_id"] == "t" and body["version"] == "v1"
+    # Newest first; the oldest is the fixture's (other tests index "t" again).
+    run = body["runs"][-1]
+    assert [r["state"] for r in body["runs"]] == ["finished"] * len(body["runs"])
+    assert run["mode"] == "incremental" and run["run_id"].startswith("manual__")
+    assert run["files"] == 5 and run["shards"] == 3  # shard_size=2: 2, 2 and 1 files
+    assert _progress(run) == {"preprocess": (5, 5), "tag_embed": (5, 5), "upsert": (5, 5)}
+    assert [s["shards_done"] for s in run["stages"]] == [3, 3, 3]
+    assert run["report"]["processed"] == 5 and run["report"]["failed"] == 0
+    assert run["report"]["indexed_ok"] == 5 and run["failed_filter"] is None
+    assert run["started_at"] < run["finished_at"]
+    assert env.get(f"/datasets/t/versions/v1/runs/{run['run']}").json() == run
+
+
+def test_run_routes_refuse_unknown_versions_and_runs(env):
+    missing = env.get("/datasets/t/versions/v9/runs")
+    assert missing.status_code == 404 and "no version 'v9'" in missing.json()["detail"]
+    nope = env.get("/datasets/t/versions/v1/runs/manual__nope")
+    assert nope.status_code == 404 and "no run 'manual__nope'" in nope.json()["detail"]
+    assert env.get("/datasets/t/versions/v1/runs/..").status_code in (404, 422)
+    assert env.get("/datasets/t/versions/v1/runs?limit=0").status_code == 422
+    assert env.get("/datasets/t/versions/v1/runs", "nobody").status_code == 403
+    assert env.get("/datasets/empty/versions/v1/runs").json()["runs"] == []
+
+
+def test_a_run_in_flight_shows_files_done_per_stage_then_its_report(env):
+    """The pipeline's stages called one by one, as the DAG's tasks would; the API is asked
+    between them. Five files in shards of 2: 2, 2 and 1."""
+    url = "/datasets/runs/versions/v1/runs"
+    run_id = "manual__2026-12-05T10:00:00+00:00"
+    plan = pipeline.plan("runs", "v1", run_id, shard_size=2)
+    name = env.get(url).json()["runs"][0]["run"]
+
+    def progress():
+        run = env.get(f"{url}/{name}").json()
+        return run["state"], _progress(run)
+
+    zero = {"preprocess": (0, 5), "tag_embed": (0, 5), "upsert": (0, 5)}
+    assert progress() == ("running", zero)
+    first, *rest = plan["shards"]
+    last = rest[-1]
+    pre = pipeline.preprocess("runs", "v1", last, run_id=run_id)  # the 1-file shard first
+    assert progress() == ("running", {**zero, "preprocess": (1, 5)})
+    pre0 = pipeline.preprocess("runs", "v1", first, run_id=run_id)
+    assert progress() == ("running", {**zero, "preprocess": (3, 5)})
+    emb = pipeline.tag_embed("runs", "v1", pre0["preprocessed"], run_id=run_id)
+    assert progress()[1]["tag_embed"] == (2, 5)
+    ups = pipeline.upsert("runs", "v1", emb["features"], pre0["preprocessed"], run_id=run_id)
+    assert progress() == (
+        "running",
+        {"preprocess": (3, 5), "tag_embed": (2, 5), "upsert": (2, 5)},
+    )
+    results = [pipeline.shard_summary(pre0, emb, ups)]
+    emb = pipeline.tag_embed("runs", "v1", pre["preprocessed"], run_id=run_id)
+    ups = pipeline.upsert("runs", "v1", emb["features"], pre["preprocessed"], run_id=run_id)
+    results.append(pipeline.shard_summary(pre, emb, ups))
+    results += [pipeline.run_shard("runs", "v1", s, run_id=run_id) for s in rest[:-1]]
+    state, done = progress()
+    assert state == "running" and set(done.values()) == {(5, 5)}  # all shards, no report yet
+
+    pipeline.finalize("runs", "v1", plan, results)
+    run = env.get(f"{url}/{name}").json()
+    assert run["state"] == "finished" and run["run_id"] == run_id
+    assert run["report"]["failed"] == 1 and run["report"]["indexed_ok"] == 4
+    (reason,) = run["report"]["failed_by_reason"]
+    # The gallery filter finds exactly the broken file, in that version.
+    flt = run["failed_filter"]
+    assert flt["version"] == "v1" and flt["dsl"].startswith("status=failed AND indexed_at >= ")
+    hits = env.search(dataset="runs", version=flt["version"], dsl=flt["dsl"]).json()["hits"]
+    assert [h["file_name"] for h in hits] == ["broken.jpg"]
+    doc = env.get(f"/datasets/runs/files/{hits[0]['id']}").json()
+    assert doc["status"] == "failed" and doc["error"].startswith(reason)
+
+    # A second run that plans and then dies (its teardown gives the lease back): stopped,
+    # listed first as the newest; the finished one stays as it was.
+    later = "manual__2026-12-05T11:00:00+00:00"
+    pipeline.plan("runs", "v1", later, shard_size=2)
+    assert env.get(url).json()["runs"][0]["state"] == "running"
+    pipeline.release_lease("runs", "v1", later)
+    runs = env.get(url).json()["runs"]
+    assert [(r["run_id"], r["state"]) for r in runs] == [(later, "stopped"), (run_id, "finished")]
+    assert env.get(f"{url}?limit=1").json()["runs"] == runs[:1]
+
+
 def test_openapi_schema_lists_the_endpoints(env):
     schema = env.get("/openapi.json").json()
     assert {
@@ -540,6 +644,8 @@ def test_openapi_schema_lists_the_endpoints(env):
         "/datasets/{dataset_id}/files/{doc_id}/original",
         "/datasets/{dataset_id}/files/{doc_id}/tags",
         "/datasets/{dataset_id}/export",
+        "/datasets/{dataset_id}/versions/{version}/runs",
+        "/datasets/{dataset_id}/versions/{version}/runs/{run}",
     } <= set(schema["paths"])
     assert "HTTPBearer" in schema["components"]["securitySchemes"]
     upload = schema["paths"]["/datasets/{dataset_id}/search/image"]["post"]["requestBody"]
