@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format standalone opensearch bench clean
+.PHONY: install demo test test-integration lint format standalone opensearch bench clean
 
 install: $(STAMP)
 

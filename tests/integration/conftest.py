@@ -1,0 +1,142 @@
+"""The integration tier: one real Airflow per session, driven through REST and the CLI.
+
+Every scenario has its own dataset in one session registry (so runs of different scenarios never
+share a version, a lease or a store table), and records what it saw — run ids, try numbers,
+timings — on stdout (``-s``) and in ``test-output/integration/summary.json``. Process logs stay
+in ``test-output/integration/logs/`` for debugging.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from airflow_cluster import AirflowCluster
+from tier import OUTPUT, TAGS, Registry, Summary, write_photos
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test of this folder is ``integration`` (``-m "not integration"`` leaves them out)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.path).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def summary() -> Iterator[Summary]:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    s = Summary(OUTPUT / "summary.json")
+    yield s
+    s.write()
+
+
+@pytest.fixture(scope="session")
+def executor() -> str:
+    """The executor of the session's cluster (a Celery tier parametrizes this)."""
+    return "LocalExecutor"
+
+
+@pytest.fixture(scope="session")
+def executor_env() -> dict[str, str]:
+    """Extra settings the executor needs (a Celery tier: broker, result backend, database)."""
+    return {}
+
+
+@pytest.fixture(scope="session")
+def var() -> Path:
+    """The cluster's state folder: AIRFLOW_HOME (task logs in airflow/logs), staging, store,
+    photos, registry. Kept after the session for debugging; emptied when the next one starts."""
+    path = OUTPUT / "var"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def registry(var) -> Registry:
+    return Registry(var / "registry.yaml", var / "lancedb")
+
+
+@pytest.fixture(scope="session")
+def fault_file(var) -> Path:
+    """Where scenarios write the fault to inject (read by every task at every fault point)."""
+    return var / "fault.json"
+
+
+def warm_model_cache(env: dict[str, str], logs: Path) -> subprocess.Popen:
+    """Export the offline models and embed the tag definitions once, before any task needs them
+    (concurrent first tasks would each do it). Runs beside the Airflow start-up."""
+    code = (
+        "from PIL import Image\n"
+        "from imageindex.embedders import get_embedder\n"
+        "from imageindex.taggers import get_tagger\n"
+        "e = get_embedder({'type': 'offline'})\n"
+        f"t = get_tagger({{'type': 'offline', 'definitions': {str(TAGS)!r}}}, e)\n"
+        "t.tag(e.embed_images([Image.new('RGB', (64, 64))]))\n"
+    )
+    log = (logs / "warm-model-cache.log").open("wb")
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=log)
+
+
+@pytest.fixture(scope="session")
+def cluster(var, registry, fault_file, executor, executor_env, summary) -> Iterator[AirflowCluster]:
+    """A started Airflow whose DAGs come from the session registry, all DAGs unpaused (a
+    user's first step; scheduled datasets start ticking right away)."""
+    declare_datasets(var, registry)
+    logs = OUTPUT / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    env = {
+        "IMAGEINDEX_REGISTRY": str(registry.path),
+        "IMAGEINDEX_FAULT_FILE": str(fault_file),
+        # Upserts write in chunks of 2 rows, so a worker killed mid-upsert leaves a partial write.
+        "IMAGEINDEX_UPSERT_CHUNK_ROWS": "2",
+        **executor_env,
+    }
+    c = AirflowCluster(var, executor=executor, env=env, logs=logs)
+    t0 = time.monotonic()
+    warm = warm_model_cache(c.env, logs)
+    try:
+        c.start()
+        started = time.monotonic() - t0
+        if warm.wait(timeout=300) != 0:
+            pytest.fail(f"warming the model cache failed: see {logs / 'warm-model-cache.log'}")
+        for dataset_id in registry.datasets:
+            c.unpause(f"imageindex_{dataset_id}")
+        summary.record(
+            "cluster",
+            executor=executor,
+            api=c.base_url,
+            started_s=round(started, 1),
+            ready_s=round(time.monotonic() - t0, 1),
+            logs=str(logs),
+            task_logs=str(Path(c.env["AIRFLOW_HOME"]) / "logs"),
+        )
+        yield c
+    finally:
+        warm.kill()
+        c.stop()
+
+
+def declare_datasets(var: Path, registry: Registry) -> None:
+    """One dataset per scenario, its photos generated here (nothing is committed)."""
+    store_v1 = {"v1": {"source": None}}
+    for dataset_id, n, extra in (
+        ("params", 14, {}),
+        ("kill_preprocess", 6, {}),
+        ("kill_tag_embed", 6, {}),
+        ("kill_upsert", 6, {}),
+        ("pooled", 8, {"tasks": {"tag_embed": {"pool": "imageindex_it_embed"}}}),
+        ("cron", 5, {"schedule": "*/1 * * * *"}),
+        ("downstream", 3, {"schedule": {"assets": ["imageindex://datasets/cron"]}}),
+        ("versions", 8, {"schedule": "@daily"}),
+    ):
+        src = var / "photos" / dataset_id / "v1"
+        write_photos(src, n)
+        versions = {k: {"source": str(src)} for k in store_v1}
+        registry.add(dataset_id, versions=versions, current_version="v1", **extra)
