@@ -61,6 +61,19 @@ def features_asset(dataset_id: str) -> Asset:
     )
 
 
+def upstream_asset(uri: str) -> Asset:
+    """An asset a dataset is scheduled on. Another dataset's asset is the very one its DAG
+    emits (same name and uri): Airflow keeps one active asset per uri, so a second name for
+    it would leave the producing DAG's outlet inactive and fail its ``publish`` task."""
+    for prefix, asset_of in (
+        ("imageindex://datasets/", dataset_asset),
+        ("imageindex://features/", features_asset),
+    ):
+        if uri.startswith(prefix):
+            return asset_of(uri.removeprefix(prefix))
+    return Asset(uri)
+
+
 def stage_args(ds: DatasetSpec, stage: str) -> dict:
     """Per-stage Airflow settings from the registry (pools for paid APIs, queues for GPUs)."""
     opts = dict(ds.tasks.get(stage, {}))
@@ -106,7 +119,7 @@ def build_dag(ds: DatasetSpec):
         dag_id=f"imageindex_{ds.id}",
         description=f"Index dataset '{ds.id}' (plan → preprocess → tag_embed → upsert → finalize)",
         doc_md=__doc__,
-        schedule=[Asset(uri) for uri in ds.schedule]
+        schedule=[upstream_asset(uri) for uri in ds.schedule]
         if isinstance(ds.schedule, tuple)
         else ds.schedule,
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
