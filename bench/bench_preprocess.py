@@ -1,7 +1,9 @@
 """Benchmark: the reference tutorial's naive thumbnail loop vs imageindex.preprocess.
 
 Both sides process the same in-memory synthetic JPEGs (12-MP 4000x3000 and 2-MP 1600x1200) and
-produce a 512-px JPEG thumbnail. Prints one JSON object.
+produce a 512-px JPEG thumbnail; ``ours_with_model_input_2_threads`` also makes the 224-px model
+input as the pipeline's preprocess stage does (so tag_embed decodes nothing). Prints one JSON
+object.
 
     .venv/bin/python bench/bench_preprocess.py --n 12
 """
@@ -48,10 +50,14 @@ def ours_single(images: list[bytes]) -> None:
         assert result.ok, result.error_detail
 
 
-def ours_threads(images: list[bytes], threads: int = 2) -> None:
+def ours_threads(images: list[bytes], threads: int = 2, **kwargs) -> None:
     items = [(f"{i}.jpg", lambda data=data: data) for i, data in enumerate(images)]
-    for _, result in preprocess_many(items, threads=threads):
+    for _, result in preprocess_many(items, threads=threads, **kwargs):
         assert result.ok, result.error_detail
+
+
+def ours_with_model_input(images: list[bytes]) -> None:
+    ours_threads(images, model_input_size=224)
 
 
 def images_per_second(fn, images: list[bytes], repeats: int) -> float:
@@ -97,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             ("naive_loop", naive),
             ("ours_single_thread", ours_single),
             ("ours_preprocess_many_2_threads", ours_threads),
+            ("ours_with_model_input_2_threads", ours_with_model_input),
         ):
             rates[method] = round(images_per_second(fn, images, args.repeats), 2)
             progress(f"{label} {method}: {rates[method]} images/s")
