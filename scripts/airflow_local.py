@@ -152,9 +152,19 @@ def serve_logs(port: int) -> None:
 
 
 def standalone(env: dict[str, str]) -> int:
-    """Start :func:`components` until Ctrl-C, their output prefixed with their names."""
+    """Start :func:`components` until Ctrl-C or SIGTERM, their output prefixed with their names.
+
+    Each process gets its own process group, so stopping one also stops what it started
+    (LocalExecutor workers, API server workers): nothing is left listening."""
+    import contextlib
+    import signal
     import threading
 
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # also when started in the background (SIGINT ignored)
     migrate(env)
     procs: dict[str, subprocess.Popen] = {}
 
@@ -162,16 +172,21 @@ def standalone(env: dict[str, str]) -> int:
         for line in proc.stdout:
             print(f"{name:>13} | {line}", end="", flush=True)
 
-    for name, cmd in components(env).items():
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        procs[name] = proc
-        threading.Thread(target=pump, args=(name, proc), daemon=True).start()
-    url = f"http://{LOOPBACK}:{env['AIRFLOW__API__PORT']}"
-    passwords = Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
-    print(f"   standalone | Airflow UI on {url}; user admin, password in {passwords}", flush=True)
     try:
+        for name, cmd in components(env).items():
+            proc = subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            procs[name] = proc
+            threading.Thread(target=pump, args=(name, proc), daemon=True).start()
+        url = f"http://{LOOPBACK}:{env['AIRFLOW__API__PORT']}"
+        passwords = Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+        print(f"   standalone | Airflow UI on {url}; user admin, password in {passwords}")
         while all(p.poll() is None for p in procs.values()):
             time.sleep(1)
         gone = [n for n, p in procs.items() if p.poll() is not None]
@@ -181,13 +196,14 @@ def standalone(env: dict[str, str]) -> int:
         return 0
     finally:
         for proc in procs.values():
-            if proc.poll() is None:
-                proc.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
         for proc in procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # what is left of its group
 
 
 def _test_in_process(dataset: str, conf: dict) -> None:
