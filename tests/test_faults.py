@@ -51,6 +51,9 @@ COMPARED = (
 )
 FAULT_VARS = (
     "IMAGEINDEX_FAULT_EXIT_IN",
+    "IMAGEINDEX_FAULT_FILE",
+    "IMAGEINDEX_TRY_NUMBER",
+    "AIRFLOW_CTX_TRY_NUMBER",
     "IMAGEINDEX_FAULT_EXIT_AFTER_UPSERT_CHUNKS",
     "IMAGEINDEX_UPSERT_CHUNK_ROWS",
 )
@@ -297,12 +300,19 @@ KILL_ENV = {
         "IMAGEINDEX_UPSERT_CHUNK_ROWS": "5",
         "IMAGEINDEX_FAULT_EXIT_AFTER_UPSERT_CHUNKS": "1",
     },
+    # the try-aware hook the integration tier uses: only try 1 dies, after the first chunk
+    "upsert@1": {
+        "IMAGEINDEX_UPSERT_CHUNK_ROWS": "5",
+        "IMAGEINDEX_FAULT_EXIT_IN": "upsert@1",
+        "IMAGEINDEX_TRY_NUMBER": "1",
+    },
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["preprocess", "tag_embed", "upsert"])
-def test_worker_killed_mid_shard_then_retry_equals_a_clean_run(ds, stage):
+@pytest.mark.parametrize("fault", ["preprocess", "tag_embed", "upsert", "upsert@1"])
+def test_worker_killed_mid_shard_then_retry_equals_a_clean_run(ds, fault):
+    stage = fault.split("@")[0]
     src = ds["src"]
     uris = photos(src, [f"p{i:02d}.jpg" for i in range(12)])
     plan = pipeline.plan("t", None, "killed", shard_size=6)
@@ -326,7 +336,7 @@ def test_worker_killed_mid_shard_then_retry_equals_a_clean_run(ds, stage):
     }[stage]
     proc = subprocess.run(
         [sys.executable, "-c", f"from imageindex import pipeline; {call}"],
-        env={**os.environ, **KILL_ENV[stage]},
+        env={**os.environ, **KILL_ENV[fault]},
         capture_output=True,
         text=True,
         timeout=300,
@@ -350,6 +360,13 @@ def test_worker_killed_mid_shard_then_retry_equals_a_clean_run(ds, stage):
         pre = pipeline.preprocess("t", "v1", victim)
     if stage in ("preprocess", "tag_embed"):
         emb = pipeline.tag_embed("t", "v1", pre_uri)
+    if fault == "upsert@1":  # Airflow's try 2, same fault setting: not killed this time
+        retry = {**os.environ, **KILL_ENV[fault], "IMAGEINDEX_TRY_NUMBER": "2"}
+        code = f"from imageindex import pipeline; pipeline.upsert('t', 'v1', {feat_uri!r}, {pre_uri!r})"
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env=retry, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
     ups = pipeline.upsert("t", "v1", feat_uri, pre_uri)
     assert (ups["upserted"], ups["ok"], ups["failed"]) == (6, 6, 0)
     results.append(pipeline.shard_summary(pre, emb, ups))
