@@ -20,6 +20,7 @@ Imported by ``api.py`` inside its routes; like it, it imports the library only i
 
 from __future__ import annotations
 
+import re
 import time
 
 #: Shard stages in DAG order, each with the file it leaves in the shard's folder when done.
@@ -48,9 +49,12 @@ REPORT_KEYS = (
 )
 
 
-def _run_order(name: str) -> str:
-    # Airflow run ids are "<type>__<timestamp>": the timestamp orders them (as _last_run does).
-    return name.split("__")[-1]
+def _run_order(name: str) -> tuple[str, str]:
+    """Airflow run ids are "<type>__<timestamp>", written 2026-12-05T10:00:00+00:00 (made
+    safe: 2026-12-05T10_00_00_00_00) or 20261205T100000 (run_all): the first 14 digits of
+    the timestamp, YYYYMMDDhhmmss, order them whichever way it is written."""
+    digits = re.sub(r"\D", "", name.split("__")[-1])
+    return digits[:14], name
 
 
 def _lease_holder(staging, dataset_id: str, version: str, now: float) -> str | None:

@@ -197,3 +197,61 @@ def test_theme_follows_the_airflow_ui_not_the_os(airflow, browser):
     wait_for_thumbnails(page)
     page.screenshot(path=SHOTS / "gallery-dark.png")
     context.close()
+
+
+def test_a_run_in_flight_then_its_report_and_failed_files(airflow, browser, monkeypatch):
+    """The run panel above the search form: files done per stage while the pipeline's stages
+    run (called here one by one, as the DAG's tasks would), then the report, whose button
+    filters the gallery to the run's failed file."""
+    from imageindex import pipeline
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    expect = sync_api.expect
+    var = airflow["var"]
+    monkeypatch.setenv("IMAGEINDEX_HOME", str(var))
+    monkeypatch.setenv("IMAGEINDEX_REGISTRY", str(var / "registry.yaml"))
+    monkeypatch.delenv("IMAGEINDEX_STAGING", raising=False)
+    monkeypatch.delenv("IMAGEINDEX_STORE", raising=False)
+    (var / "photos" / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a JPEG after all")
+    run_id = "manual__2026-12-05T12:00:00+00:00"
+    plan = pipeline.plan("t", "v1", run_id, mode="full", shard_size=2)  # 4 files, 2 shards
+    first, second = plan["shards"]
+    pre = pipeline.preprocess("t", "v1", first, run_id=run_id)
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900}, color_scheme="light")
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{airflow['base']}/plugin/image-search")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", airflow["password"])
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/plugin/image-search")
+    view = page.frame_locator("iframe[title='View Data']")
+    panel = view.locator("#run")
+    expect(view.locator("#run-state")).to_have_text("running")
+    expect(view.locator("#run-link")).to_have_text(run_id)
+    stage = lambda name: panel.locator(f".stage[data-stage={name}] .stage-count")  # noqa: E731
+    expect(stage("preprocess")).to_have_text("2 / 4 files")
+    expect(stage("tag_embed")).to_have_text("0 / 4 files")
+    page.screenshot(path=SHOTS / "run-progress.png")
+
+    # The page polls: the next stage shows up without a reload.
+    emb = pipeline.tag_embed("t", "v1", pre["preprocessed"], run_id=run_id)
+    expect(stage("tag_embed")).to_have_text("2 / 4 files", timeout=15_000)
+    ups = pipeline.upsert("t", "v1", emb["features"], pre["preprocessed"], run_id=run_id)
+    results = [pipeline.shard_summary(pre, emb, ups)]
+    results.append(pipeline.run_shard("t", "v1", second, run_id=run_id))
+    pipeline.finalize("t", "v1", plan, results)
+
+    expect(view.locator("#run-state")).to_have_text("finished", timeout=15_000)
+    expect(view.locator("#run-counts")).to_contain_text("4 processed")
+    expect(view.locator("#run-counts")).to_contain_text("1 failed")
+    expect(view.locator("#run-failures")).to_contain_text("not_an_image 1")
+    expect(view.locator("#dataset-info")).to_contain_text("1 failed")  # counts refreshed
+    view.locator("#run-show-failed").click()
+    cards = view.locator(".card")
+    expect(cards).to_have_count(1)
+    expect(cards.first.locator(".name")).to_have_text("broken.jpg")
+    assert view.locator("#dsl").input_value().startswith("status=failed AND indexed_at >= ")
+    page.screenshot(path=SHOTS / "run-report.png")
+    assert errors == []

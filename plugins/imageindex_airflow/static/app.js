@@ -29,6 +29,7 @@
     anchor: null, // index the next shift-click extends from
     detail: null, // index shown in the large view
     controller: null,
+    run: null, // the version's latest run (RunOut), shown above the search form
   };
 
   // ------------------------------------------------------------------------------------------
@@ -324,6 +325,7 @@
     clearSelection();
     remember();
     showDatasetInfo();
+    loadRun();
     search();
   }
 
@@ -347,6 +349,134 @@
       h("p", null, "From a shell: ", h("code", null, `airflow dags trigger ${dagId}`), " or ",
         h("code", null, `imageindex index --dataset ${state.dataset.id}`)),
     );
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // the version's latest run: files done per stage while in flight, its report afterwards
+
+  const RUN_POLL_MS = 3000;
+  const ACTIVE_RUN = new Set(["planning", "running"]);
+  let runTimer = null;
+  let runKey = null; // "dataset/version" the panel is for; a late answer for another is dropped
+
+  async function loadRun() {
+    clearTimeout(runTimer);
+    const key = `${state.dataset.id}/${state.version}`;
+    if (key !== runKey) state.run = null;
+    runKey = key;
+    let body;
+    try {
+      body = await api(datasetPath(`/versions/${enc(state.version)}/runs?limit=1`));
+    } catch {
+      if (key === runKey) $("run").hidden = true; // no staging access: the page works without
+      return;
+    }
+    if (key !== runKey) return;
+    const before = state.run;
+    const run = body.runs[0] || null;
+    state.run = run;
+    renderRun();
+    if (run && ACTIVE_RUN.has(run.state)) {
+      runTimer = setTimeout(loadRun, RUN_POLL_MS);
+    } else if (before && ACTIVE_RUN.has(before.state) && run && run.run === before.run) {
+      refreshDataset(); // it has just finished: new counts, new images
+    }
+  }
+
+  async function refreshDataset() {
+    let fresh;
+    try {
+      fresh = await api(datasetPath(""));
+    } catch {
+      return;
+    }
+    if (!state.dataset || fresh.id !== state.dataset.id) return;
+    state.datasets = state.datasets.map((d) => (d.id === fresh.id ? fresh : d));
+    state.dataset = fresh;
+    showDatasetInfo();
+    search();
+  }
+
+  function stageRow(stage) {
+    const names = { preprocess: "Preprocess", tag_embed: "Tag & embed", upsert: "Upsert" };
+    return h("div", { class: "stage", "data-stage": stage.stage },
+      h("span", { class: "stage-name" }, names[stage.stage] || stage.stage),
+      h("progress", { max: Math.max(stage.total, 1), value: stage.done, "aria-label": `${stage.stage} files done` }),
+      h("span", { class: "stage-count" }, `${stage.done} / ${stage.total} files`),
+      h("span", { class: "muted" }, `${stage.shards_done} / ${stage.shards} shards`));
+  }
+
+  function renderRun() {
+    const run = state.run;
+    const panel = $("run");
+    if (!run) {
+      panel.hidden = true;
+      return;
+    }
+    panel.hidden = false;
+    panel.dataset.state = run.state;
+    $("run-title").textContent = run.state === "finished" ? "Last run" : "Run";
+    $("run-state").textContent = run.state;
+    $("run-state").className = `badge ${run.state}`;
+    const runId = run.run_id || run.run;
+    const link = $("run-link");
+    link.textContent = runId;
+    link.href = new URL(`dags/${enc(state.dataset.dag_id)}/runs/${enc(runId)}`, AIRFLOW).href;
+    const when = [];
+    if (run.started_at) when.push(`started ${new Date(run.started_at).toLocaleString()}`);
+    if (run.finished_at) when.push(`finished ${new Date(run.finished_at).toLocaleString()}`);
+    $("run-when").textContent = when.join(" · ");
+
+    const stages = $("run-stages");
+    const report = $("run-report");
+    if (run.state === "finished") {
+      stages.replaceChildren();
+      report.replaceChildren(...runReport(run));
+      return;
+    }
+    stages.replaceChildren(...run.stages.map(stageRow));
+    const notes = {
+      planning: "Listing the source and cutting shards…",
+      running: run.files === 0 ? "Nothing to process; finishing…" : null,
+      stopped: "This run stopped before it finished (a task failed or was stopped); see it in Airflow.",
+    };
+    report.replaceChildren(...(notes[run.state] ? [h("p", { class: "muted" }, notes[run.state])] : []));
+  }
+
+  function runReport(run) {
+    const r = run.report;
+    const counts = [
+      `${r.processed} processed`,
+      `${r.new} new`,
+      `${r.changed} changed`,
+      `${r.deleted} deleted`,
+      `${r.failed} failed`,
+      `${r.indexed_ok} indexed`,
+    ];
+    const out = [h("p", { id: "run-counts" }, counts.join(" · "))];
+    const reasons = Object.entries(r.failed_by_reason || {}).sort((a, b) => b[1] - a[1]);
+    if (reasons.length) {
+      out.push(h("ul", { id: "run-failures", class: "reasons", "aria-label": "Failures by reason" },
+        reasons.map(([reason, n]) => h("li", null, h("code", null, reason), ` ${n}`))));
+    }
+    if (run.failed_filter) {
+      out.push(h("button", { type: "button", id: "run-show-failed", class: "secondary",
+        onclick: () => showFailedFiles(run.failed_filter) }, "Show failed files"));
+    }
+    if (r.refused_delete) out.push(h("p", { class: "error" }, r.refused_delete));
+    return out;
+  }
+
+  function showFailedFiles(filter) {
+    if (filter.version !== state.version) {
+      state.version = filter.version;
+      $("version").value = filter.version;
+      remember();
+      showDatasetInfo();
+    }
+    resetForm({ thenSearch: false });
+    $("dsl").value = filter.dsl;
+    search();
   }
 
   // ------------------------------------------------------------------------------------------
@@ -829,13 +959,13 @@
     renderResults();
   }
 
-  function resetForm() {
+  function resetForm({ thenSearch = true } = {}) {
     $("search").reset();
     for (const input of Object.values(tagInputs)) input.set([]);
     state.upload = null;
     state.similar = null;
     renderQueryChip();
-    search();
+    if (thenSearch) search();
   }
 
   function wire() {
@@ -843,13 +973,14 @@
       ev.preventDefault();
       search();
     });
-    $("reset-form").addEventListener("click", resetForm);
+    $("reset-form").addEventListener("click", () => resetForm());
     $("dataset").addEventListener("change", (ev) => selectDataset(ev.target.value, null));
     $("version").addEventListener("change", (ev) => {
       state.version = ev.target.value;
       clearSelection();
       remember();
       showDatasetInfo();
+      loadRun();
       search();
     });
     $("view-gallery").addEventListener("click", () => setView("gallery"));
