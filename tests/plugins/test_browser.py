@@ -54,6 +54,16 @@ def wait_for_thumbnails(page) -> None:
         assert images.nth(i).evaluate("img => img.naturalWidth") > 0
 
 
+def log_in_to_view_data(page, airflow):
+    """Airflow's login page, then back to the View Data entry; the page's frame locator."""
+    page.goto(f"{airflow['base']}/plugin/image-search")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", airflow["password"])
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/plugin/image-search")
+    return page.frame_locator("iframe[title='View Data']")
+
+
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory):
     var = tmp_path_factory.mktemp("browser")
@@ -88,12 +98,7 @@ def test_view_data_inside_the_airflow_ui(airflow, browser):
     page.on("pageerror", lambda exc: errors.append(str(exc)))
 
     # Not logged in: Airflow's login page, then back to the View Data entry.
-    page.goto(f"{airflow['base']}/plugin/image-search")
-    page.fill("input[name=username]", "admin")
-    page.fill("input[name=password]", airflow["password"])
-    page.keyboard.press("Enter")
-    page.wait_for_url("**/plugin/image-search")
-    view = page.frame_locator("iframe[title='View Data']")
+    view = log_in_to_view_data(page, airflow)
     cards = view.locator(".card")
     expect(cards).to_have_count(3)
     expect(view.locator("#dataset-info")).to_contain_text("3 indexed")
@@ -177,12 +182,7 @@ def test_theme_follows_the_airflow_ui_not_the_os(airflow, browser):
     # <html> as a class; set it before the UI's own scripts read it.
     context.add_init_script("if (window.top === window) localStorage.setItem('theme', 'light')")
     page = context.new_page()
-    page.goto(f"{airflow['base']}/plugin/image-search")
-    page.fill("input[name=username]", "admin")
-    page.fill("input[name=password]", airflow["password"])
-    page.keyboard.press("Enter")
-    page.wait_for_url("**/plugin/image-search")
-    view = page.frame_locator("iframe[title='View Data']")
+    view = log_in_to_view_data(page, airflow)
     expect(view.locator(".card")).to_have_count(3)
     expect(page.locator("html")).to_have_class(re.compile(r"\blight\b"))
     assert our_frame(page).evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
@@ -221,12 +221,7 @@ def test_a_run_in_flight_then_its_report_and_failed_files(airflow, browser, monk
     page = browser.new_page(viewport={"width": 1400, "height": 900}, color_scheme="light")
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{airflow['base']}/plugin/image-search")
-    page.fill("input[name=username]", "admin")
-    page.fill("input[name=password]", airflow["password"])
-    page.keyboard.press("Enter")
-    page.wait_for_url("**/plugin/image-search")
-    view = page.frame_locator("iframe[title='View Data']")
+    view = log_in_to_view_data(page, airflow)
     panel = view.locator("#run")
     expect(view.locator("#run-state")).to_have_text("running")
     expect(view.locator("#run-link")).to_have_text(run_id)
