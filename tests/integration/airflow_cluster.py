@@ -141,9 +141,10 @@ class AirflowCluster:
         # The scheduler and dag-processor report to /monitor/health once they heartbeat.
         self.wait(self._components_healthy, timeout=deadline - time.monotonic(), what="health")
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         """Start component ``name`` of ``make standalone`` (else ``airflow <name> <args>``) in
-        its own process group, its output in the log folder."""
+        its own process group, its output in the log folder; ``env`` replaces the cluster's
+        environment for this process (a Celery worker with its own host name)."""
         key = " ".join((name, *args))
         known = components(self.env)
         command = known[name] if name in known and not args else ["airflow", name, *args]
@@ -152,7 +153,7 @@ class AirflowCluster:
         log = (self.logs / f"{key.replace(' ', '_')}.log").open("ab")
         proc = subprocess.Popen(
             command,
-            env=self.env,
+            env=env or self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -239,11 +239,7 @@ class CeleryCluster(AirflowCluster):
         # task logs from the shared AIRFLOW_HOME), so the tier listens on loopback only.
         args += ["--celery-hostname", f"{hostname}@tier", "--pid", f"{hostname}.pid"]
         args += ["--skip-serve-logs"]
-        shared, self.env = self.env, env
-        try:
-            proc = self.spawn(*args)
-        finally:
-            self.env = shared
+        proc = self.spawn(*args, env=env)
         self.workers[hostname] = {
             "service": service,
             "queues": queues(args),
