@@ -195,3 +195,21 @@ def test_airflow_lists_the_plugin_with_its_nav_view(server):
     assert view["href"] == "/imageindex/ui/" and view["url_route"] == "image-search"
     errors = client.get("/api/v2/plugins/importErrors", headers=bearer(tokens["admin"])).json()
     assert errors["total_entries"] == 0, errors
+
+
+def test_the_run_report_through_the_server(server):
+    """The server reads the run that the fixture's pipeline wrote to staging in another
+    process: every stage done for all three files, then the report."""
+    client, tokens = server
+    url = "/imageindex/datasets/t/versions/v1/runs"
+    assert client.get(url).status_code == 401
+    (run,) = client.get(url, headers=bearer(tokens["viewer"])).json()["runs"]
+    assert run["state"] == "finished" and run["files"] == 3
+    assert {s["stage"]: (s["done"], s["total"]) for s in run["stages"]} == {
+        "preprocess": (3, 3),
+        "tag_embed": (3, 3),
+        "upsert": (3, 3),
+    }
+    assert run["report"]["indexed_ok"] == 3 and run["failed_filter"] is None
+    one = client.get(f"{url}/{run['run']}", headers=bearer(tokens["viewer"]))
+    assert one.status_code == 200 and one.json() == run
