@@ -13,6 +13,7 @@ Staging layout of one run::
         deletes.parquet                ids of documents whose files are gone
         shards/00000/manifest.parquet  files to process (uri, key, size, mtime, fingerprint, change)
         shards/00000/preprocessed.parquet   metadata, errors, thumbnail bytes
+        shards/00000/model_input.parquet    the model's input pixels (tag_embed decodes nothing)
         shards/00000/features.parquet  vectors and tags
         shards/00000/upserted.json     upsert's counts: the shard's documents are in the store
         report.json                    the run report
@@ -75,11 +76,12 @@ PREPROCESSED_SCHEMA = pa.schema(
         ("error_detail", pa.string()),
         ("thumbnail_uri", pa.string()),
         ("thumbnail", pa.binary()),
-        # the model's input pixels (preprocess.model_input): tag_embed decodes nothing
-        ("model_input", pa.binary()),
     ]
 )
 
+#: The model's input pixels of a shard's files (preprocess.model_input), apart from the
+#: preprocessed metadata so that upsert never reads them (150 KB an image at 224 px).
+MODEL_INPUT_SCHEMA = pa.schema([("id", pa.string()), ("pixels", pa.binary())])
 #: Shards up to this many files carry their model inputs (see preprocess()).
 MODEL_INPUT_MAX_ROWS = 2000
 
@@ -610,13 +612,14 @@ def preprocess(
     thumb_writes = []
     # The model inputs (150 KB an image at 224 px) stay in memory until the shard file is
     # written: the huge shards of datasets over ~500k files leave them out (tag_embed decodes).
-    pixels = model_input_size(dataset.embedder) if len(rows) <= MODEL_INPUT_MAX_ROWS else None
+    input_size = model_input_size(dataset.embedder) if len(rows) <= MODEL_INPUT_MAX_ROWS else None
+    model_inputs: dict[str, list] = {"id": [], "pixels": []}
     for row, (_, res) in zip(
         rows,
         preprocess_many(
             ((r["uri"], loader(r["uri"])) for r in rows),
             threads=threads,
-            model_input_size=pixels,
+            model_input_size=input_size,
         ),
         strict=True,
     ):
@@ -635,7 +638,9 @@ def preprocess(
         out["error_detail"].append(res.error_detail)
         out["thumbnail_uri"].append(thumb_uri)
         out["thumbnail"].append(res.thumbnail)
-        out["model_input"].append(res.model_input)
+        if res.model_input is not None:
+            model_inputs["id"].append(row["id"])
+            model_inputs["pixels"].append(res.model_input)
         if res.ok:
             thumb_writes.append((thumb_uri, res.thumbnail))
         else:
@@ -647,6 +652,10 @@ def preprocess(
         list(pool.map(lambda a: thumb_staging.write_bytes(*a), thumb_writes))
     _fault_point("preprocess", dataset.id, version, run_id)  # thumbnails written, not the shard
     out_uri = manifest_uri.rsplit("/", 1)[0] + "/preprocessed.parquet"
+    # Always written (empty without pixels), so no earlier try's file outlives this one.
+    staging.write_parquet(
+        _model_input_uri(out_uri), pa.table(model_inputs, schema=MODEL_INPUT_SCHEMA)
+    )
     staging.write_parquet(out_uri, pa.table(out, schema=PREPROCESSED_SCHEMA))
     n_ok = sum(out["ok"])
     return {
@@ -658,6 +667,22 @@ def preprocess(
         "failed_by_reason": dict(reasons),
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def _model_input_uri(preprocessed_uri: str) -> str:
+    return preprocessed_uri.rsplit("/", 1)[0] + "/model_input.parquet"
+
+
+def _model_inputs(staging, preprocessed_uri: str, ids: list[str]) -> list[bytes | None]:
+    """The pixels preprocess stored for ``ids``; None where it stored none (shards written
+    before it stored them, or too big to), and tag_embed decodes the thumbnail."""
+    uri = _model_input_uri(preprocessed_uri)
+    if not staging.exists(uri):
+        return [None] * len(ids)
+    table = staging.read_parquet(uri)
+    ids_stored, pixels = table.column("id").to_pylist(), table.column("pixels").to_pylist()
+    stored = dict(zip(ids_stored, pixels, strict=True))
+    return [stored.get(i) for i in ids]
 
 
 def thumbnails_root(dataset_id: str) -> str:
@@ -693,18 +718,13 @@ def tag_embed(
     dataset = load_registry(registry_path).get(dataset_id)
     run = Run(dataset=dataset, version=version, run_dir="")
     staging = run.staging
-    # Every column: a shard preprocessed before model_input existed has none (decoded below).
-    table = staging.read_parquet(preprocessed_uri)
+    table = staging.read_parquet(preprocessed_uri, columns=["id", "ok", "thumbnail"])
     table = table.filter(pc.field("ok"))
     embedder = embedder_for(dataset)
     tagger = tagger_for(dataset, embedder)
     ids = table.column("id").to_pylist()
     thumbs = table.column("thumbnail").to_pylist()
-    pixels = (
-        table.column("model_input").to_pylist()
-        if "model_input" in table.column_names
-        else [None] * len(ids)
-    )
+    pixels = _model_inputs(staging, preprocessed_uri, ids)
     vectors = np.zeros((len(ids), embedder.dim), dtype=np.float32)
     tags_ai: list[list[str]] = []
     tags_detail: list[str] = []
@@ -897,8 +917,7 @@ def upsert(
     run = Run(dataset=dataset, version=version, run_dir="")
     staging = run.staging
     pre = staging.read_parquet(
-        preprocessed_uri,
-        columns=[n for n in PREPROCESSED_SCHEMA.names if n not in ("thumbnail", "model_input")],
+        preprocessed_uri, columns=[n for n in PREPROCESSED_SCHEMA.names if n != "thumbnail"]
     )
     feats = staging.read_parquet(features_uri)
     embedder = embedder_for(dataset)
