@@ -390,7 +390,7 @@ def child_embed(cfg: dict) -> dict:
     for s in shards:
         copy = Path(s).parent.with_name(Path(s).parent.name + "-decoding") / Path(s).name
         copy.parent.mkdir(exist_ok=True)
-        pq.write_table(pq.read_table(s).drop_columns(["model_input"]), copy)
+        shutil.copyfile(s, copy)  # no model_input.parquet beside it
         decoding.append(str(copy))
     thumbs: list[bytes] = []
     for s in shards:
