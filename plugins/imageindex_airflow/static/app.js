@@ -354,7 +354,8 @@
   // ------------------------------------------------------------------------------------------
   // the version's latest run: files done per stage while in flight, its report afterwards
 
-  const RUN_POLL_MS = 3000;
+  const RUN_POLL_MS = 3000; // a run in flight: that run's folder only
+  const IDLE_POLL_MS = 30000; // otherwise: whether a new run has started
   const ACTIVE_RUN = new Set(["planning", "running"]);
   let runTimer = null;
   let runKey = null; // "dataset/version" the panel is for; a late answer for another is dropped
@@ -364,21 +365,25 @@
     const key = `${state.dataset.id}/${state.version}`;
     if (key !== runKey) state.run = null;
     runKey = key;
-    let body;
+    const before = state.run;
+    const runs = `/versions/${enc(state.version)}/runs`;
+    let run;
     try {
-      body = await api(datasetPath(`/versions/${enc(state.version)}/runs?limit=1`));
-    } catch {
-      if (key === runKey) $("run").hidden = true; // no staging access: the page works without
+      run = before && ACTIVE_RUN.has(before.state)
+        ? await api(datasetPath(`${runs}/${enc(before.run)}`))
+        : (await api(datasetPath(`${runs}?limit=1`))).runs[0] || null;
+    } catch (err) {
+      if (key !== runKey) return;
+      $("run").hidden = true; // staging unreachable: the page works without; try again later
+      if (err.status !== 401) runTimer = setTimeout(loadRun, IDLE_POLL_MS);
       return;
     }
     if (key !== runKey) return;
-    const before = state.run;
-    const run = body.runs[0] || null;
     state.run = run;
     renderRun();
-    if (run && ACTIVE_RUN.has(run.state)) {
-      runTimer = setTimeout(loadRun, RUN_POLL_MS);
-    } else if (before && ACTIVE_RUN.has(before.state) && run && run.run === before.run) {
+    const active = run && ACTIVE_RUN.has(run.state);
+    runTimer = setTimeout(loadRun, active ? RUN_POLL_MS : IDLE_POLL_MS);
+    if (!active && before && ACTIVE_RUN.has(before.state) && run && run.run === before.run) {
       refreshDataset(); // it has just finished: new counts, new images
     }
   }
