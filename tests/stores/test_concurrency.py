@@ -48,12 +48,14 @@ def _run_writers(uri: str, file_lock: bool, shared: bool = False) -> list[dict]:
     return [s for _, s in sorted(stats, key=lambda x: x[0])]
 
 
-def _report(label: str, stats: list[dict]) -> None:
+def _commits(label: str, stats: list[dict]) -> tuple[int, int]:
+    """(batches, commit attempts): Lance's own attempts plus the store's conflict retries."""
     attempts = sum(s["lance_attempts"] for s in stats)
     retries = sum(s.get("conflict_retries", 0) for s in stats)
     batches = sum(s["batches"] for s in stats)
     # Visible with -s: what optimistic commits cost (attempts above batches = Lance rebased).
     print(f"{label}: {batches} batches, {attempts} lance commit attempts, {retries} extra retries")
+    return batches, attempts + retries
 
 
 @pytest.mark.slow
@@ -72,7 +74,13 @@ def test_concurrent_upserts_lose_nothing(tmp_path, file_lock):
     expected = {make_rows(1, start=i)["id"][0].as_py() for i in range(0, total, ROWS)}
     assert expected <= set(ids)
     assert all(s["batches"] == BATCHES for s in stats)
-    _report(f"disjoint rows, file_lock={file_lock}", stats)
+    batches, attempts = _commits(f"disjoint rows, file_lock={file_lock}", stats)
+    if file_lock:
+        # The lock serializes writers: no commit ever meets a concurrent one.
+        assert attempts == batches
+    else:
+        # Without it the writers' commits collide and are retried; the test is about that.
+        assert attempts > batches, "no commit conflict happened: the writers never overlapped"
 
 
 @pytest.mark.slow
@@ -89,7 +97,8 @@ def test_concurrent_inserts_of_same_ids_make_no_duplicates(tmp_path):
     assert len(ids) == len(set(ids)) == BATCHES * ROWS
     fingerprints = {d["fingerprint"] for d in store.get(DS, ids)}
     assert fingerprints <= {f"w{w}" for w in range(WORKERS)}
-    _report("same ids, no file lock", stats)
+    batches, attempts = _commits("same ids, no file lock", stats)
+    assert attempts > batches, "no commit conflict happened: the writers never overlapped"
 
 
 def _die_after_first_batch(uri: str) -> None:
