@@ -17,6 +17,19 @@ Staging layout of one run::
         shards/00000/features.parquet  vectors and tags
         shards/00000/upserted.json     upsert's counts: the shard's documents are in the store
         report.json                    the run report
+
+Fault injection (for the kill tests and the integration tier; off unless set): every stage has
+a fault point where the process dies like an OOM-killed worker (exit 137, no clean-up).
+
+* ``IMAGEINDEX_FAULT_EXIT_IN=<stage>[@<tries>]``: ``tag_embed`` dies on every try,
+  ``tag_embed@1`` on try 1 only (Airflow's retry then succeeds), ``tag_embed@1,2`` on tries 1
+  and 2. Stages: plan, preprocess, tag_embed, upsert, finalize. The try number is
+  ``IMAGEINDEX_TRY_NUMBER`` (the DAG exports the task instance's at the start of every stage
+  task), else ``AIRFLOW_CTX_TRY_NUMBER``, else 1.
+* ``IMAGEINDEX_FAULT_FILE=<path>``: while that file exists it is read at every fault point, so
+  a running scheduler gets a different fault per scenario without a restart; JSON like
+  ``{"stage": "tag_embed", "tries": [1], "dataset": "x", "version": "v1", "run_id": "…"}``
+  (only ``stage`` is required; each other key narrows where it fires).
 """
 
 from __future__ import annotations
