@@ -36,6 +36,14 @@ def summary() -> Iterator[Summary]:
     s.write()
 
 
+@pytest.fixture(autouse=True)
+def _timed(request, summary) -> Iterator[None]:
+    """Each test's wall time goes into the summary."""
+    t0 = time.monotonic()
+    yield
+    summary.record("test_seconds", **{request.node.name: round(time.monotonic() - t0, 1)})
+
+
 @pytest.fixture(scope="session")
 def executor() -> str:
     """The executor of the session's cluster (a Celery tier parametrizes this)."""

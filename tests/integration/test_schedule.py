@@ -39,6 +39,14 @@ def scheduled_runs(cluster) -> list[dict]:
     return [describe(cluster, CRON, r) for r in runs if r["state"] in FINISHED]
 
 
+def test_the_downstream_dag_is_scheduled_on_the_asset_the_upstream_emits(cluster):
+    # One asset, one name: a second name for the uri left the upstream's outlet inactive.
+    asset = cluster.asset(CRON_ASSET)
+    assert asset["name"] == "imageindex_cron"
+    assert {t["dag_id"] for t in asset["producing_tasks"]} == {CRON}
+    assert {d["dag_id"] for d in asset["scheduled_dags"]} == {DOWNSTREAM}
+
+
 def test_cron_dataset_runs_on_its_own_and_a_no_change_run_maps_no_shard(cluster, summary):
     # The DAG was unpaused at session start; nobody triggers it.
     assert cluster.runs(CRON, run_type="manual") == []

@@ -45,3 +45,22 @@ def test_trigger_with_params_runs_shards_side_by_side_and_reports(cluster, var, 
     assert (report["listed"], report["processed"], report["indexed_ok"]) == (16, 16, 14)
     assert report["failed"] == 2
     assert report["failed_by_reason"] == {"empty_file": 1, "not_an_image": 1}
+
+
+def test_an_unknown_version_fails_at_once_without_retries(cluster, summary):
+    # The form accepts any well-formed name (logical versions are registered at run time).
+    run_id = cluster.trigger(DAG, {"version": "nope"})
+    run = cluster.wait_run(DAG, run_id)
+    plan = {t["task_id"]: t for t in cluster.task_instances(DAG, run_id)}["plan"]
+    log = cluster.log_text(DAG, run_id, "plan", plan["try_number"])
+    summary.record(
+        "unknown_version",
+        run_id=run_id,
+        state=run["state"],
+        run_s=run_seconds(run),
+        plan=(plan["state"], plan["try_number"]),
+    )
+    assert run["state"] == "failed"
+    # A registry error is not retried (it used to be tried 4 times with backoff).
+    assert (plan["state"], plan["try_number"]) == ("failed", 1)
+    assert "no version 'nope'" in log, log[-3000:]
