@@ -41,8 +41,9 @@ class BusyNode:
         self.indices = SimpleNamespace(get=lambda index, request_timeout: {index: raw})
 
     def bulk(self, index, body, refresh, request_timeout):
+        lines = [json.loads(line) for line in body.splitlines()]
         ids = [
-            next(iter(line.values()))["_id"] for line in body if "update" in line or "index" in line
+            next(iter(line.values()))["_id"] for line in lines if {"update", "index"} & set(line)
         ]
         self.bulks.append(ids)
         items = []

@@ -38,6 +38,7 @@ store call.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -138,6 +139,7 @@ SPEC_OPTIONS = (
     "ef_search",
     "max_retries",
     "retry_on_conflict",
+    "http_compress",
 )
 
 
@@ -322,6 +324,30 @@ def _reason(info: Any) -> str:
     return str(err)[:500]
 
 
+#: Stands for a document's vector until its bulk line is text. The vector is the document's last
+#: key, so the last occurrence of the token in the line is the vector's (nothing after it holds
+#: stored values).
+_VEC_TOKEN = "\x00vector\x00"
+_VEC_JSON = json.dumps(_VEC_TOKEN)
+
+
+def _ndjson(lines: list[dict]) -> str:
+    return "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
+
+
+def _vector_texts(column: pa.ChunkedArray) -> list[str | None]:
+    """Each vector as a JSON array, None where null. ``%.9g`` gives every float32 back exactly
+    and is 3x faster than json.dumps of the widened doubles, 40 % shorter (5,000 x 384: 0.6 s
+    against 1.9 s, 26 MB against 42 MB)."""
+    arr = column.combine_chunks()
+    n, dim = len(arr), arr.type.list_size
+    values = arr.values.to_numpy(zero_copy_only=False)
+    values = values[arr.offset * dim : (arr.offset + n) * dim].reshape(n, dim)
+    valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    fmt = "[" + ",".join(["%.9g"] * dim) + "]"
+    return [fmt % tuple(v) if ok else None for v, ok in zip(values.tolist(), valid, strict=True)]
+
+
 # --------------------------------------------------------------------------------------------
 # Clients
 
@@ -340,15 +366,19 @@ def build_client(
     verify_certs: bool = True,
     ca_certs: str | None = None,
     timeout: float = 60,
+    http_compress: bool = False,
 ):
-    """An ``opensearchpy.OpenSearch`` for ``url`` (``http(s)://host:port``); connects lazily."""
+    """An ``opensearchpy.OpenSearch`` for ``url`` (``http(s)://host:port``); connects lazily.
+
+    ``http_compress`` gzips request bodies. Off by default: opensearch-py compresses at level 9,
+    which shrank vector bulks only 2.4-fold at 7.6 MB/s of one core (5,000 x 384 documents:
+    5.8 s of gzip against 1.5 s of JSON) - slower than any LAN; turn it on for a slow link."""
     _require_opensearchpy()
     kwargs: dict[str, Any] = {
         "hosts": [url],
         "verify_certs": verify_certs,
         "timeout": timeout,
-        # Vectors in JSON compress several-fold; bulk requests are mostly vectors.
-        "http_compress": True,
+        "http_compress": http_compress,
     }
     if http_auth is not None:
         kwargs["http_auth"] = tuple(http_auth)
@@ -390,7 +420,7 @@ def client_from_connection(conn, *, timeout: float | None = None):
         "use_ssl": scheme == "https",
         "verify_certs": _as_bool("verify_certs", extra.get("verify_certs", True)),
         "timeout": float(extra.get("timeout") or timeout or 60),
-        "http_compress": _as_bool("http_compress", extra.get("http_compress", True)),
+        "http_compress": _as_bool("http_compress", extra.get("http_compress", False)),
     }
     if not kwargs["verify_certs"]:
         kwargs["ssl_show_warn"] = False
@@ -462,6 +492,7 @@ class OpenSearchStore(VectorStore):
         max_retries: int = 3,
         retry_base_delay: float = 0.5,
         retry_on_conflict: int = 3,
+        http_compress: bool = False,
         where: str | None = None,
     ):
         given = [x for x in (client, url, client_factory) if x is not None]
@@ -528,6 +559,7 @@ class OpenSearchStore(VectorStore):
                 verify_certs=_as_bool("verify_certs", verify_certs),
                 ca_certs=ca_certs,
                 timeout=timeout,
+                http_compress=_as_bool("http_compress", http_compress),
             )
         #: index name -> (model, dim) of indexes this store has checked
         self._known: dict[str, tuple[str | None, int]] = {}
@@ -690,13 +722,14 @@ class OpenSearchStore(VectorStore):
     def _refresh_param(self) -> str:
         return {True: "true", False: "false"}.get(self.refresh, "wait_for")
 
-    def _bulk(self, name: str, lines: list[dict], what: str) -> list[dict]:
-        """One bulk request; returns its items (the request-level errors become StoreErrors)."""
+    def _bulk(self, name: str, body: str | list[dict], what: str) -> list[dict]:
+        """One bulk request (NDJSON text or action lines); returns its items (the
+        request-level errors become StoreErrors)."""
         resp = self._call(
             what,
             lambda: self.client.bulk(
                 index=name,
-                body=lines,
+                body=body,
                 refresh=self._refresh_param,
                 request_timeout=self.timeout,
             ),
@@ -704,17 +737,16 @@ class OpenSearchStore(VectorStore):
         return [next(iter(item.values())) for item in resp.get("items") or []]
 
     def _bulk_with_retries(
-        self, name: str, ops: list[tuple[str, list[dict]]], what: str
+        self, name: str, ops: list[tuple[str, str]], what: str
     ) -> list[tuple[str, dict]]:
-        """Send ``ops`` (id, action lines); items rejected as too busy (429) or as a version
+        """Send ``ops`` (id, its action and source lines as NDJSON text); items rejected as too busy (429) or as a version
         conflict (409) are sent again with backoff, up to ``max_retries`` attempts in all.
         Returns (id, item) for every op, the last attempt's item."""
         results: dict[int, dict] = {}
         pending = list(range(len(ops)))
         delay = self.retry_base_delay
         for attempt in range(1, self.max_retries + 1):
-            lines = [line for i in pending for line in ops[i][1]]
-            items = self._bulk(name, lines, what)
+            items = self._bulk(name, "".join(ops[i][1] for i in pending), what)
             if len(items) != len(pending):
                 raise StoreError(
                     f"{what}: OpenSearch answered {len(items)} items for {len(pending)} documents"
@@ -807,9 +839,10 @@ class OpenSearchStore(VectorStore):
         return conform_rows(dataset_id, table, document_schema(dim), model=model, dim=dim)
 
     @staticmethod
-    def _documents(rows: pa.Table) -> list[dict]:
-        """JSON documents of ``rows``: no nulls, dates as ISO strings, no vector unless ok."""
-        vectors = rows[VECTOR_FIELD].to_pylist()
+    def _documents(rows: pa.Table) -> list[tuple[dict, str | None]]:
+        """(JSON document, vector as JSON text or None) of each row: no nulls, dates as ISO
+        strings, no vector unless the document is ok."""
+        vectors = _vector_texts(rows[VECTOR_FIELD])
         docs = []
         for row, vec in zip(rows.drop_columns([VECTOR_FIELD]).to_pylist(), vectors, strict=True):
             doc = {}
@@ -817,26 +850,33 @@ class OpenSearchStore(VectorStore):
                 if value is None:
                     continue
                 doc[key] = _iso(value) if isinstance(value, datetime) else value
-            if vec is not None and row.get("status") == STATUS_OK:
-                doc[VECTOR_FIELD] = vec
-            docs.append(doc)
+            docs.append((doc, vec if row.get("status") == STATUS_OK else None))
         return docs
 
-    def _upsert_op(self, doc: dict) -> list[dict]:
+    def _upsert_op(self, doc: dict, vector: str | None) -> str:
+        """The bulk lines (NDJSON) that write ``doc`` with ``vector`` (JSON text)."""
+        if vector is not None:
+            doc = {**doc, VECTOR_FIELD: _VEC_TOKEN}  # last key: its token is the last one
         if "tags_user" in doc:
-            return [{"index": {"_id": doc["id"]}}, doc]
-        return [
-            {"update": {"_id": doc["id"], "retry_on_conflict": self.retry_on_conflict}},
-            {
-                "script": {
-                    "source": UPSERT_KEEP_USER_TAGS,
-                    "lang": "painless",
-                    "params": {"doc": doc},
+            lines = [{"index": {"_id": doc["id"]}}, doc]
+        else:
+            lines = [
+                {"update": {"_id": doc["id"], "retry_on_conflict": self.retry_on_conflict}},
+                {
+                    "script": {
+                        "source": UPSERT_KEEP_USER_TAGS,
+                        "lang": "painless",
+                        "params": {"doc": doc},
+                    },
+                    "scripted_upsert": True,
+                    "upsert": {},
                 },
-                "scripted_upsert": True,
-                "upsert": {},
-            },
-        ]
+            ]
+        text = _ndjson(lines)
+        if vector is None:
+            return text
+        head, _, tail = text.rpartition(_VEC_JSON)
+        return head + vector + tail
 
     def upsert(self, dataset_id: str, table: pa.Table) -> int:
         """Write ``table``'s rows (see :meth:`VectorStore.upsert`). Documents OpenSearch rejects
@@ -848,7 +888,7 @@ class OpenSearchStore(VectorStore):
         written = 0
         errors: list[dict] = []
         for chunk in chunks(rows, self.bulk_chunk):
-            ops = [(d["id"], self._upsert_op(d)) for d in self._documents(chunk)]
+            ops = [(d["id"], self._upsert_op(d, v)) for d, v in self._documents(chunk)]
             for doc_id, item in self._bulk_with_retries(name, ops, f"upsert into {name}"):
                 if "error" in item:
                     errors.append(
@@ -906,16 +946,18 @@ class OpenSearchStore(VectorStore):
             ops = [
                 (
                     i,
-                    [
-                        {"update": {"_id": i, "retry_on_conflict": self.retry_on_conflict}},
-                        {
-                            "script": {
-                                "source": script,
-                                "lang": "painless",
-                                "params": {"tags": tags},
-                            }
-                        },
-                    ],
+                    _ndjson(
+                        [
+                            {"update": {"_id": i, "retry_on_conflict": self.retry_on_conflict}},
+                            {
+                                "script": {
+                                    "source": script,
+                                    "lang": "painless",
+                                    "params": {"tags": tags},
+                                }
+                            },
+                        ]
+                    ),
                 )
                 for i in chunk
             ]
@@ -1288,7 +1330,7 @@ def from_uri(uri: str, spec: dict | None = None) -> OpenSearchStore:
                 f"store uri {uri!r}: {conn_id!r} is not an Airflow connection id; "
                 "write opensearch+conn://opensearch_default"
             )
-        tls = sorted({"verify_certs", "ca_certs"} & set(options))
+        tls = sorted({"verify_certs", "ca_certs", "http_compress"} & set(options))
         if tls:
             raise ConfigError(
                 f"store spec keys {tls} do not apply to {uri!r}: set them in the extras of "
