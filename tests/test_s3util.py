@@ -89,8 +89,9 @@ def test_client_cache_is_thread_safe(seaweedfs, fresh_clients):
 
 
 def test_without_airflow_the_env_connection_is_read_directly(seaweedfs, fresh_clients, monkeypatch):
-    # A None entry in sys.modules makes the import fail as if the provider were not installed.
+    # A None entry in sys.modules makes the import fail as if the package were not installed.
     monkeypatch.setitem(sys.modules, "airflow.providers.amazon.aws.hooks.s3", None)
+    monkeypatch.setitem(sys.modules, "airflow.sdk", None)
     client = get_s3_client(seaweedfs.conn_id)
     assert client.meta.endpoint_url == seaweedfs.endpoint_url
     bucket = seaweedfs.new_bucket("noaf")
@@ -98,13 +99,16 @@ def test_without_airflow_the_env_connection_is_read_directly(seaweedfs, fresh_cl
     assert client.list_objects_v2(Bucket=bucket)["KeyCount"] == 1
 
 
-def test_env_connection_uri_form(seaweedfs, monkeypatch):
+@pytest.mark.parametrize("airflow", [True, False], ids=["airflow", "no-airflow"])
+def test_env_connection_uri_form(seaweedfs, monkeypatch, airflow):
+    if not airflow:
+        monkeypatch.setitem(sys.modules, "airflow.sdk", None)
     uri = (
         f"aws://{quote(seaweedfs.access_key, safe='')}:{quote(seaweedfs.secret_key, safe='')}@/"
         f"?endpoint_url={quote(seaweedfs.endpoint_url, safe='')}&region_name=us-east-1"
     )
     monkeypatch.setenv("AIRFLOW_CONN_SEAWEED_URI", uri)
-    client = s3util.client_from_env_connection("seaweed_uri")
+    client = s3util.client_from_connection("seaweed_uri")
     assert client.meta.endpoint_url == seaweedfs.endpoint_url
     client.list_buckets()
 
@@ -112,7 +116,7 @@ def test_env_connection_uri_form(seaweedfs, monkeypatch):
 def test_bad_env_connection_json_does_not_echo_the_secret(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_BROKEN", '{"login": "k", "password": "hunter2-secret",')
     with pytest.raises(ConfigError, match="AIRFLOW_CONN_BROKEN") as exc:
-        s3util.client_from_env_connection("broken")
+        s3util.client_from_connection("broken")
     assert "hunter2" not in str(exc.value)
 
 

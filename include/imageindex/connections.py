@@ -1,16 +1,26 @@
-"""Credentials of hosted model services, from Airflow connections.
+"""Connection ids resolved to credentials: the one module that reads Airflow connections.
 
-A connection holds the service's address in ``host`` (a base URL such as
-``https://dashscope.aliyuncs.com/api/v1``, or a PAI-EAS endpoint URL), the API key or EAS token
-in ``password`` and options in ``extra``. Inside Airflow the connection comes from
-``airflow.sdk.BaseHook.get_connection`` (any secrets backend); without Airflow it is read from
-the environment variable ``AIRFLOW_CONN_<CONN_ID>``, JSON or URI, e.g.::
+S3 (:mod:`imageindex.s3util`, where the Amazon provider's ``S3Hook`` is not installed), the
+hosted model services (:mod:`imageindex.hosted`) and OpenSearch
+(:mod:`imageindex.stores.opensearch_store`) name a connection id; :func:`get_credentials` (or
+:func:`find_connection`, which answers None for a connection defined nowhere) turns it into
+:class:`Credentials`.
+
+Where Airflow is installed the connection comes from ``airflow.sdk.BaseHook.get_connection``
+(any secrets backend, the environment included); without Airflow, or where its lookup fails
+outside a task, it is read from the environment variable ``AIRFLOW_CONN_<CONN_ID>`` in Airflow's
+JSON or URI form, e.g.::
 
     AIRFLOW_CONN_DASHSCOPE_DEFAULT='{"conn_type": "generic",
         "host": "https://dashscope-intl.aliyuncs.com/api/v1", "password": "sk-..."}'
+    AIRFLOW_CONN_MY_S3='aws://KEY:SECRET@/?endpoint_url=http%3A%2F%2F127.0.0.1%3A8333'
 
-Every key read here is registered with Airflow's secrets masker and with :func:`redact`, so text
-that passes through :func:`redact` or the :class:`SecretsFilter` never shows it.
+Airflow is imported at the first lookup, never at import time: the library works without it.
+Unlike Airflow's own URI parser, a URI's path stays part of ``host`` (``https://h/api/v1``).
+
+Every secret read here (the password, and ``api_key``, ``token`` or ``aws_session_token`` in
+``extra``) is registered with Airflow's secrets masker and with :func:`redact`, so text that
+passes through :func:`redact` or the :class:`SecretsFilter` never shows it.
 """
 
 from __future__ import annotations
@@ -29,49 +39,66 @@ log = logging.getLogger(__name__)
 MASK = "***"
 # Shorter strings would turn ordinary words into "***" in every message.
 _MIN_SECRET_LENGTH = 4
+#: Keys of ``extra`` that hold secrets (masked like the password).
+SECRET_EXTRAS = ("api_key", "token", "aws_session_token")
 
 _secrets_lock = threading.Lock()
 _secrets: set[str] = set()
 
 
 class Credentials:
-    """A resolved connection. ``repr`` and ``str`` never show the key (Airflow's own do)."""
+    """A resolved connection; reads like Airflow's ``Connection`` (``host``, ``login``,
+    ``password``, ``port``, ``schema``, ``extra_dejson``), but ``repr`` and ``str`` never show a
+    secret and it cannot be pickled."""
 
-    __slots__ = ("conn_id", "host", "login", "port", "schema", "extra", "_key")
+    __slots__ = ("conn_id", "conn_type", "host", "login", "port", "schema", "extra", "_password")
 
     def __init__(
         self,
         conn_id: str,
         *,
-        host: str | None,
-        key: str | None,
+        host: str | None = None,
+        password: str | None = None,
         login: str | None = None,
         port: int | None = None,
         schema: str | None = None,
         extra: dict[str, Any] | None = None,
+        conn_type: str | None = None,
     ):
         self.conn_id = conn_id
+        self.conn_type = conn_type or None
         self.host = host or None
         self.login = login or None
         self.port = port
         self.schema = schema or None
         self.extra = dict(extra or {})
-        self._key = key or None
+        self._password = password or None
+
+    @property
+    def password(self) -> str | None:
+        return self._password
+
+    @property
+    def extra_dejson(self) -> dict[str, Any]:
+        """``extra`` under the name Airflow's ``Connection`` gives it."""
+        return self.extra
 
     @property
     def api_key(self) -> str | None:
-        return self._key
+        """The password, else ``extra.api_key``, else ``extra.token`` (hosted services)."""
+        return self._password or self.extra.get("api_key") or self.extra.get("token")
 
-    def require_key(self, provider: str) -> str:
-        if not self._key:
+    def require_key(self, service: str) -> str:
+        key = self.api_key
+        if not key:
             raise ConfigError(
-                f"Airflow connection {self.conn_id!r} has no API key for {provider}: put the key "
+                f"Airflow connection {self.conn_id!r} has no API key for {service}: put the key "
                 "in the connection's password field"
             )
-        return self._key
+        return key
 
     def __repr__(self) -> str:
-        key = MASK if self._key else None
+        key = MASK if self.api_key else None
         return f"Credentials(conn_id={self.conn_id!r}, host={self.host!r}, key={key!r})"
 
     __str__ = __repr__
@@ -81,17 +108,53 @@ class Credentials:
         raise TypeError("Credentials are not picklable; pass the connection id instead")
 
 
-def get_credentials(conn_id: str, *, provider: str = "the model service") -> Credentials:
-    """Resolve ``conn_id`` now (call it lazily: at the first request, not at DAG parse time)."""
-    if not isinstance(conn_id, str) or not conn_id.strip():
-        raise ConfigError(f"{provider}: conn_id must be a non-empty string, got {conn_id!r}")
+def get_credentials(
+    conn_id: str,
+    *,
+    service: str = "the model service",
+    fields: str = "host = the service URL, password = the API key",
+) -> Credentials:
+    """Resolve ``conn_id`` now (call it lazily: at the first request, not at DAG parse time).
+
+    A connection defined nowhere is a :class:`ConfigError` that says how to define it; ``fields``
+    tells which fields ``service`` reads.
+    """
+    check_conn_id(conn_id, service)
+    creds = find_connection(conn_id)
+    if creds is None:
+        var = env_var(conn_id)
+        raise ConfigError(
+            f"Airflow connection {conn_id!r} for {service} is not defined: create it ({fields}), "
+            f"or outside Airflow set {var} to Airflow's JSON or URI form, e.g. "
+            '\'{"conn_type": "generic", "host": "...", "password": "..."}\''
+        )
+    return creds
+
+
+def find_connection(conn_id: str) -> Credentials | None:
+    """``conn_id`` from Airflow, else from ``AIRFLOW_CONN_<CONN_ID>``; None when neither has it.
+
+    A variable that is set but malformed is a :class:`ConfigError` naming it (never its value).
+    """
+    check_conn_id(conn_id)
     creds = _from_airflow(conn_id)
     if creds is None:
-        creds = _from_env(conn_id, provider)
-    for value in (creds.api_key, creds.extra.get("api_key"), creds.extra.get("token")):
-        if isinstance(value, str):
-            register_secret(value, conn_id)
+        creds = _from_env(conn_id)
+    if creds is not None:
+        for value in (creds.password, *(creds.extra.get(k) for k in SECRET_EXTRAS)):
+            if isinstance(value, str):
+                register_secret(value, conn_id)
     return creds
+
+
+def check_conn_id(conn_id: object, service: str = "a connection") -> None:
+    if not isinstance(conn_id, str) or not conn_id.strip():
+        raise ConfigError(f"{service}: conn_id must be a non-empty string, got {conn_id!r}")
+
+
+def env_var(conn_id: str) -> str:
+    """The environment variable Airflow reads connection ``conn_id`` from."""
+    return f"AIRFLOW_CONN_{conn_id.upper()}"
 
 
 def _from_airflow(conn_id: str) -> Credentials | None:
@@ -115,11 +178,11 @@ def _from_airflow(conn_id: str) -> Credentials | None:
                 f"Airflow connection {conn_id!r}: 'extra' is not valid JSON; fix it in "
                 "Admin -> Connections"
             ) from None
-    key = conn.password or extra.get("api_key") or extra.get("token")
     return Credentials(
         conn_id,
+        conn_type=getattr(conn, "conn_type", None),
         host=conn.host,
-        key=key,
+        password=conn.password,
         login=conn.login,
         port=conn.port,
         schema=conn.schema,
@@ -127,23 +190,34 @@ def _from_airflow(conn_id: str) -> Credentials | None:
     )
 
 
-def _from_env(conn_id: str, provider: str) -> Credentials:
-    var = f"AIRFLOW_CONN_{conn_id.upper()}"
+def _from_env(conn_id: str) -> Credentials | None:
+    var = env_var(conn_id)
     raw = os.environ.get(var, "").strip()
     if not raw:
-        raise ConfigError(
-            f"Airflow connection {conn_id!r} for {provider} is not defined: create it (host = "
-            f"the service URL, password = the API key), or outside Airflow set {var} to "
-            '\'{"conn_type": "generic", "host": "...", "password": "..."}\''
-        )
+        return None
+    conn = parse_connection(raw, var)
+    return Credentials(
+        conn_id,
+        conn_type=conn.get("conn_type"),
+        host=conn.get("host"),
+        password=conn.get("password"),
+        login=conn.get("login"),
+        port=conn.get("port"),
+        schema=conn.get("schema"),
+        extra=conn["extra"],
+    )
+
+
+def parse_connection(raw: str, var: str) -> dict[str, Any]:
+    """An ``AIRFLOW_CONN_*`` value (JSON object or URI) as a dict with ``extra`` a dict and
+    ``port`` an int or None. Errors name ``var`` and never quote the value (it holds secrets)."""
+    raw = raw.strip()
     if raw.startswith("{"):
         try:
             conn = json.loads(raw)
         except ValueError as exc:
             # The value holds the secret: name the variable and the position, never the text.
             raise ConfigError(f"{var} is not valid JSON (at position {exc.pos})") from None
-        if not isinstance(conn, dict):
-            raise ConfigError(f"{var} must be a JSON object with host, password and extra")
     else:
         conn = _parse_uri(raw, var)
     extra = conn.get("extra") or {}
@@ -159,34 +233,32 @@ def _from_env(conn_id: str, provider: str) -> Credentials:
         port = int(port) if port not in (None, "") else None
     except (TypeError, ValueError):
         raise ConfigError(f"{var}: 'port' must be an integer") from None
-    key = conn.get("password") or extra.get("api_key") or extra.get("token")
-    return Credentials(
-        conn_id,
-        host=conn.get("host"),
-        key=key,
-        login=conn.get("login"),
-        port=port,
-        schema=conn.get("schema"),
-        extra=extra,
-    )
+    return {**conn, "extra": extra, "port": port}
 
 
 def _parse_uri(raw: str, var: str) -> dict[str, Any]:
     parts = urlsplit(raw)
-    if not parts.scheme or not parts.hostname:
-        raise ConfigError(f"{var} is neither a JSON connection nor a URI like http://:KEY@host")
+    if not parts.scheme or "://" not in raw:
+        raise ConfigError(
+            f"{var} is neither a JSON connection nor a URI like scheme://login:password@host"
+        )
     extra: dict[str, Any] = dict(parse_qsl(parts.query))
     if "__extra__" in extra:
         try:
             extra = json.loads(extra["__extra__"])
         except ValueError:
             raise ConfigError(f"{var}: '__extra__' is not valid JSON") from None
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{var}: the URI's port is not a number") from None
+    host = unquote(parts.hostname) + parts.path.rstrip("/") if parts.hostname else None
     return {
         "conn_type": parts.scheme,
         "login": unquote(parts.username) if parts.username else None,
         "password": unquote(parts.password) if parts.password else None,
-        "host": unquote(parts.hostname) + parts.path.rstrip("/"),
-        "port": parts.port,
+        "host": host,
+        "port": port,
         "extra": extra,
     }
 
@@ -285,8 +357,8 @@ _filter = SecretsFilter()
 # handle a key's neighbourhood gets one, and so do the root handlers (propagated records).
 _FILTERED_LOGGERS = (
     "imageindex",
-    "imageindex.providers.http",
-    "imageindex.providers.connections",
+    "imageindex.hosted.http",
+    "imageindex.connections",
     "imageindex.embedders.dashscope",
     "imageindex.embedders.gme",
     "imageindex.taggers.qwen_vl",

@@ -8,20 +8,20 @@ Outside Airflow a connection can be given as an environment variable::
     AIRFLOW_CONN_MY_S3='{"conn_type": "aws", "login": "KEY", "password": "SECRET",
                          "extra": {"endpoint_url": "http://127.0.0.1:8333", "region_name": "us-east-1"}}'
 
-Where Airflow is not installed the same variable is read directly and handed to boto3.
+Where the Amazon provider is not installed, :mod:`imageindex.connections` resolves the connection
+(Airflow, else that variable, JSON or URI) and it is handed to boto3.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import threading
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
+from imageindex.connections import Credentials, env_var, find_connection
 from imageindex.errors import ConfigError, SourceError
 
 log = logging.getLogger(__name__)
@@ -92,74 +92,48 @@ def _make_client(conn_id: str):
     try:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     except ImportError:
-        log.debug("Airflow Amazon provider not importable; reading connection %s from env", conn_id)
-        return client_from_env_connection(conn_id)
+        log.debug("Airflow Amazon provider not importable; resolving connection %s", conn_id)
+        return client_from_connection(conn_id)
     # S3Hook resolves AIRFLOW_CONN_<ID> outside a running Airflow too; an unknown connection
     # falls back to boto3's default credential chain (env vars, ~/.aws, instance role).
     return S3Hook(aws_conn_id=conn_id).get_conn()
 
 
-def client_from_env_connection(conn_id: str):
-    """A boto3 client built from ``AIRFLOW_CONN_<CONN_ID>`` (JSON or URI form), without Airflow.
+def client_from_connection(conn_id: str):
+    """A boto3 client for ``conn_id`` as :mod:`imageindex.connections` resolves it (Airflow, else
+    ``AIRFLOW_CONN_<CONN_ID>`` in JSON or URI form), without the Amazon provider.
 
-    Without that variable, boto3's default credential chain applies, as with ``S3Hook``.
+    A connection defined nowhere leaves boto3's default credential chain, as with ``S3Hook``.
     """
     import boto3
 
-    var = f"AIRFLOW_CONN_{conn_id.upper()}"
-    raw = os.environ.get(var)
-    kwargs: dict[str, Any] = {}
-    if raw:
-        conn = _parse_env_connection(raw, var)
-        extra = conn.get("extra") or {}
-        if conn.get("login"):
-            kwargs["aws_access_key_id"] = conn["login"]
-        if conn.get("password"):
-            kwargs["aws_secret_access_key"] = conn["password"]
-        if extra.get("aws_session_token"):
-            kwargs["aws_session_token"] = extra["aws_session_token"]
-        endpoint = extra.get("endpoint_url") or conn.get("host")
-        if endpoint:
-            kwargs["endpoint_url"] = endpoint
-        if extra.get("region_name"):
-            kwargs["region_name"] = extra["region_name"]
-        if extra.get("config_kwargs"):
-            from botocore.config import Config
-
-            kwargs["config"] = Config(**extra["config_kwargs"])
+    creds = find_connection(conn_id)
+    kwargs = {} if creds is None else boto3_kwargs(creds)
     return boto3.session.Session().client("s3", **kwargs)
 
 
-def _parse_env_connection(raw: str, var: str) -> dict[str, Any]:
-    raw = raw.strip()
-    if raw.startswith("{"):
-        try:
-            conn = json.loads(raw)
-        except ValueError as exc:
-            # The value holds the secret: name the variable and the position, never the text.
-            raise ConfigError(f"{var} is not valid JSON (at position {exc.pos})") from None
-        if not isinstance(conn, dict):
-            raise ConfigError(f"{var} must be a JSON object with conn_type, login, password, extra")
-        extra = conn.get("extra")
-        if isinstance(extra, str):
-            try:
-                conn["extra"] = json.loads(extra) if extra.strip() else {}
-            except ValueError:
-                raise ConfigError(f"{var}: 'extra' is a string but not valid JSON") from None
-        return conn
-    parts = urlsplit(raw)
-    if not parts.scheme:
-        raise ConfigError(f"{var} is neither a JSON connection nor a URI like aws://KEY:SECRET@")
-    extra: dict[str, Any] = dict(parse_qsl(parts.query))
-    if "__extra__" in extra:
-        extra = json.loads(extra["__extra__"])
-    return {
-        "conn_type": parts.scheme,
-        "login": unquote(parts.username) if parts.username else None,
-        "password": unquote(parts.password) if parts.password else None,
-        "host": unquote(parts.hostname) if parts.hostname else None,
-        "extra": extra,
-    }
+def boto3_kwargs(creds: Credentials) -> dict[str, Any]:
+    """boto3 client arguments from an AWS-style connection: login/password are the access key
+    pair; ``extra`` may hold ``endpoint_url`` (else ``host``), ``region_name``,
+    ``aws_session_token`` and ``config_kwargs`` (a botocore ``Config``)."""
+    extra = creds.extra
+    kwargs: dict[str, Any] = {}
+    if creds.login:
+        kwargs["aws_access_key_id"] = creds.login
+    if creds.password:
+        kwargs["aws_secret_access_key"] = creds.password
+    if extra.get("aws_session_token"):
+        kwargs["aws_session_token"] = extra["aws_session_token"]
+    endpoint = extra.get("endpoint_url") or creds.host
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
+    if extra.get("region_name"):
+        kwargs["region_name"] = extra["region_name"]
+    if extra.get("config_kwargs"):
+        from botocore.config import Config
+
+        kwargs["config"] = Config(**extra["config_kwargs"])
+    return kwargs
 
 
 def iter_objects(client, bucket: str, prefix: str, page_size: int = 1000) -> Iterator[dict]:
@@ -217,7 +191,7 @@ def s3_error(exc: BaseException, *, uri: str, conn_id: str, action: str) -> Sour
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return SourceError(
             f"cannot {action} {uri}: no S3 credentials; define {conn} "
-            f"(e.g. env AIRFLOW_CONN_{conn_id.upper()}) with login/password or an IAM role"
+            f"(e.g. env {env_var(conn_id)}) with login/password or an IAM role"
         )
     if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
         return SourceError(

@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from providers.fake_server import (
+from hosted_server import (
     KEY,
     ROUTES,
     FakeServices,

@@ -8,11 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
-from imageindex.embedders import clear_embedder_cache, get_embedder
-from imageindex.embedders.dashscope import DashScopeEmbedder
-from imageindex.errors import AuthError, ConfigError, ProviderError
-from providers.fake_server import (
+from hosted_server import (
     BAD_IMAGE,
     EMBED_PATH,
     KEY,
@@ -27,6 +23,11 @@ from providers.fake_server import (
     throttle,
     unauthorized,
 )
+
+from imageindex.connections import Credentials
+from imageindex.embedders import clear_embedder_cache, get_embedder
+from imageindex.embedders.dashscope import DashScopeEmbedder, dashscope_base_url
+from imageindex.errors import AuthError, ConfigError, ProviderError
 
 
 @pytest.fixture
@@ -185,6 +186,18 @@ def test_full_endpoint_in_connection_host(fake, monkeypatch):
     )
     out = embedder(fake, conn_id=conn).embed_jpegs([jpeg(5)])
     assert out.errors is None and fake.requests[0].path == EMBED_PATH
+
+
+def test_dashscope_base_url():
+    def creds(host):
+        return Credentials("c", host=host)
+
+    assert dashscope_base_url(creds(None)) == "https://dashscope.aliyuncs.com/api/v1"
+    assert dashscope_base_url(creds("dashscope-intl.aliyuncs.com")) == (
+        "https://dashscope-intl.aliyuncs.com/api/v1"
+    )
+    full = "https://dashscope.aliyuncs.com/api/v1/services/embeddings/multimodal-embedding/x"
+    assert dashscope_base_url(creds(full)) == "https://dashscope.aliyuncs.com/api/v1"
 
 
 def test_registry_spec(fake):

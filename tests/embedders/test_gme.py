@@ -7,11 +7,7 @@ import logging
 
 import numpy as np
 import pytest
-
-from imageindex.embedders import clear_embedder_cache, get_embedder
-from imageindex.embedders.gme import GmeEmbedder
-from imageindex.errors import AuthError, ConfigError, ProviderError
-from providers.fake_server import (
+from hosted_server import (
     BAD_IMAGE,
     EAS_TOKEN,
     GME_PATH,
@@ -23,6 +19,10 @@ from providers.fake_server import (
     server_error,
     throttle,
 )
+
+from imageindex.embedders import clear_embedder_cache, get_embedder
+from imageindex.embedders.gme import GmeEmbedder
+from imageindex.errors import AuthError, ConfigError, ProviderError
 
 
 @pytest.fixture

@@ -1,10 +1,8 @@
-"""The retry / concurrency policy, credentials and secret masking, without a server."""
+"""The retry / concurrency policy of hosted model calls, without a server."""
 
 from __future__ import annotations
 
 import json
-import logging
-import pickle
 import threading
 import time
 from email.utils import formatdate
@@ -12,21 +10,8 @@ from email.utils import formatdate
 import pytest
 import requests
 
-from imageindex.embedders.dashscope import dashscope_base_url
 from imageindex.errors import AuthError, ConfigError, ProviderError
-from imageindex.providers import (
-    Credentials,
-    ProviderClient,
-    Reply,
-    RetryPolicy,
-    SecretsFilter,
-    get_credentials,
-    redact,
-    register_secret,
-)
-from imageindex.providers.connections import base_url
-
-SECRET = "sk-policy-S3CRET-abcdef012345"
+from imageindex.hosted import ProviderClient, Reply, RetryPolicy
 
 
 def reply(status: int, body: object = None, headers: dict | None = None) -> Reply:
@@ -224,76 +209,7 @@ def test_map_probe_makes_a_bad_key_cost_one_request():
 
 
 # ------------------------------------------------------------------------------------------------
-# credentials and masking
-
-
-def test_credentials_from_env_json(monkeypatch):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_POLICY_JSON",
-        json.dumps(
-            {"conn_type": "generic", "host": "https://example.test/api/v1", "password": SECRET}
-        ),
-    )
-    creds = get_credentials("policy_json")
-    assert creds.api_key == SECRET and creds.host == "https://example.test/api/v1"
-    assert SECRET not in repr(creds) and SECRET not in str(creds)
-    with pytest.raises(TypeError):
-        pickle.dumps(creds)
-    assert redact(f"key={SECRET}!") == "key=***!"
-
-
-def test_missing_connection_says_what_to_set(monkeypatch):
-    monkeypatch.delenv("AIRFLOW_CONN_NOPE_NOT_DEFINED", raising=False)
-    with pytest.raises(ConfigError, match="AIRFLOW_CONN_NOPE_NOT_DEFINED"):
-        get_credentials("nope_not_defined", provider="DashScope")
-
-
-def test_broken_env_connection_never_quotes_the_value(monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_POLICY_BROKEN", '{"password": "' + SECRET + '", ')
-    with pytest.raises(ConfigError) as info:
-        get_credentials("policy_broken")
-    assert SECRET not in str(info.value)
-
-
-def test_connection_without_key(monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_POLICY_NOKEY", json.dumps({"host": "https://x.test"}))
-    creds = get_credentials("policy_nokey")
-    with pytest.raises(ConfigError, match="password field"):
-        creds.require_key("DashScope")
-
-
-def test_base_urls():
-    def creds(host, **kw):
-        return Credentials("c", host=host, key=None, **kw)
-
-    assert base_url(creds("https://a.test/x")) == "https://a.test/x"
-    assert base_url(creds("a.test")) == "https://a.test"
-    assert base_url(creds("127.0.0.1", port=8080)) == "http://127.0.0.1:8080"
-    assert base_url(creds("a.test", schema="http")) == "http://a.test"
-    assert base_url(creds(None, extra={"base_url": "https://b.test"})) == "https://b.test"
-    with pytest.raises(ConfigError, match="no host"):
-        base_url(creds(None))
-    assert dashscope_base_url(creds(None)) == "https://dashscope.aliyuncs.com/api/v1"
-    assert dashscope_base_url(creds("dashscope-intl.aliyuncs.com")) == (
-        "https://dashscope-intl.aliyuncs.com/api/v1"
-    )
-    full = "https://dashscope.aliyuncs.com/api/v1/services/embeddings/multimodal-embedding/x"
-    assert dashscope_base_url(creds(full)) == "https://dashscope.aliyuncs.com/api/v1"
-
-
-def test_secrets_filter_rewrites_records():
-    register_secret(SECRET)
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "key %s here", (SECRET,), None)
-    assert SecretsFilter().filter(record)
-    assert SECRET not in record.getMessage() and "***" in record.getMessage()
-    try:
-        raise RuntimeError(f"boom {SECRET}")
-    except RuntimeError:
-        import sys
-
-        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
-    SecretsFilter().filter(record)
-    assert SECRET not in record.exc_text
+# policy
 
 
 def test_policy_validation():
@@ -303,29 +219,3 @@ def test_policy_validation():
         RetryPolicy(timeout=0)
     with pytest.raises(ConfigError, match="concurrency"):
         ProviderClient("Svc", "c", concurrency=0)
-
-
-# ------------------------------------------------------------------------------------------------
-# the interface additions
-
-
-def test_embedder_default_embed_jpegs_decodes_and_reports_bad_files():
-    import numpy as np
-
-    from imageindex.embedders.base import Embedder, ImageEmbeddings
-    from providers.fake_server import jpeg
-
-    class Ones(Embedder):
-        name, dim = "ones", 3
-
-        def embed_images(self, images):
-            assert all(i.shape == (224, 224, 3) for i in images)
-            return ImageEmbeddings(np.ones((len(images), 3), np.float32))
-
-        def embed_texts(self, texts):
-            raise NotImplementedError
-
-    out = Ones().embed_jpegs([jpeg(1), b"not an image", jpeg(2)])
-    assert out.errors[0] is None and out.errors[2] is None
-    assert out.errors[1].startswith("not_an_image") and out.n_failed == 1
-    assert out.vectors[:, 0].tolist() == [1.0, 0.0, 1.0]

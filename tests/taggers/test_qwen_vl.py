@@ -7,13 +7,7 @@ import logging
 
 import numpy as np
 import pytest
-
-from imageindex.embedders.base import ImageEmbeddings
-from imageindex.errors import AuthError, ConfigError
-from imageindex.taggers import get_tagger, parse_tag_definitions
-from imageindex.taggers.qwen_vl import QwenVLTagger
-from imageindex.types import Tag
-from providers.fake_server import (
+from hosted_server import (
     BAD_IMAGE,
     GENERATION_PATH,
     KEY,
@@ -22,6 +16,12 @@ from providers.fake_server import (
     unauthorized,
     vl_text,
 )
+
+from imageindex.embedders.base import ImageEmbeddings
+from imageindex.errors import AuthError, ConfigError
+from imageindex.taggers import get_tagger, parse_tag_definitions
+from imageindex.taggers.qwen_vl import QwenVLTagger
+from imageindex.types import Tag
 
 GUIDE = "You are a seasoned driver with extensive experience on both highways and urban roads."
 DEFINITIONS = {

@@ -27,9 +27,9 @@ import logging
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from imageindex.connections import Credentials, base_url, get_credentials, redact
 from imageindex.errors import ConfigError
-from imageindex.providers.connections import Credentials, base_url, get_credentials, redact
-from imageindex.providers.http import (
+from imageindex.hosted.http import (
     HostedEmbedder,
     Reply,
     policy_from_spec,
@@ -155,7 +155,7 @@ class DashScopeEmbedder(HostedEmbedder):
 
     def _connection(self) -> tuple[str, str]:
         if self._creds is None:
-            creds = get_credentials(self.conn_id, provider=PROVIDER)
+            creds = get_credentials(self.conn_id, service=PROVIDER)
             key = creds.require_key(PROVIDER)
             self._base = dashscope_base_url(creds)
             self._creds = creds

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 
+from imageindex.connections import base_url, get_credentials, redact
 from imageindex.errors import ConfigError
-from imageindex.providers.connections import base_url, get_credentials, redact
-from imageindex.providers.http import (
+from imageindex.hosted.http import (
     HostedEmbedder,
     Reply,
     policy_from_spec,
@@ -75,7 +75,7 @@ class GmeEmbedder(HostedEmbedder):
 
     def _connection(self) -> tuple[str, str]:
         if self._token is None:
-            creds = get_credentials(self.conn_id, provider=PROVIDER)
+            creds = get_credentials(self.conn_id, service=PROVIDER)
             token = creds.require_key(PROVIDER)
             self._endpoint = base_url(creds)
             self._token = token

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
+from imageindex.connections import redact
 from imageindex.embedders.base import Embedder, ImageEmbeddings
 from imageindex.errors import AuthError, ConfigError, ImageIndexError, ProviderError
-from imageindex.providers.connections import redact
 
 log = logging.getLogger(__name__)
 
@@ -443,7 +443,7 @@ Item = tuple[Any, str | None]
 
 
 class HostedEmbedder(Embedder):
-    """An embedder behind an HTTP API: batching, retries and per-image errors, shared by providers.
+    """An embedder behind an HTTP API: batching, retries and per-image errors, shared by the hosted embedders.
 
     Subclasses send one request (:meth:`_send`) and read one reply (:meth:`_items`). Here:
     inputs go in batches of ``batch_size``, ``concurrency`` batches at a time; a batch refused

@@ -28,11 +28,11 @@ import re
 import threading
 from collections.abc import Sequence
 
+from imageindex.connections import get_credentials, redact
 from imageindex.embedders.base import ImageEmbeddings
 from imageindex.embedders.dashscope import DEFAULT_CONN_ID, dashscope_base_url, import_sdk
 from imageindex.errors import ConfigError
-from imageindex.providers.connections import get_credentials, redact
-from imageindex.providers.http import (
+from imageindex.hosted.http import (
     REJECTED_STATUSES,
     ProviderClient,
     Reply,
@@ -226,7 +226,7 @@ class QwenVLTagger(Tagger):
 
     def _connection(self) -> tuple[str, str]:
         if self._key is None:
-            creds = get_credentials(self.conn_id, provider=PROVIDER)
+            creds = get_credentials(self.conn_id, service=PROVIDER)
             key = creds.require_key(PROVIDER)
             self._base = dashscope_base_url(creds)
             self._key = key
