@@ -2,12 +2,14 @@
 
 Every scenario has its own dataset in one session registry (so runs of different scenarios never
 share a version, a lease or a store table), and records what it saw — run ids, try numbers,
-timings — on stdout (``-s``) and in ``test-output/integration/summary.json``. Process logs stay
-in ``test-output/integration/logs/`` for debugging.
+timings — on stdout (``-s``) and in ``test-output/integration/summary.json``. Each session's
+state and logs (process output in ``logs/``, task logs in ``var/airflow/logs/``) stay in
+``test-output/integration/sessions/<time>-<pid>/`` for debugging; the last three are kept.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -29,11 +31,37 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 @pytest.fixture(scope="session")
-def summary() -> Iterator[Summary]:
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    s = Summary(OUTPUT / "summary.json")
+def session_dir() -> Path:
+    """This session's folder under test-output/integration/sessions (concurrent sessions, e.g.
+    two checkouts' CI runs, never share one); older sessions beyond the last three go."""
+    root = OUTPUT / "sessions"
+    path = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    path.mkdir(parents=True)
+    for old in sorted(root.iterdir())[:-3]:
+        pid = int(old.name.rsplit("-", 1)[-1]) if old.name.rsplit("-", 1)[-1].isdigit() else 0
+        if not pid_alive(pid):
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@pytest.fixture(scope="session")
+def summary(session_dir) -> Iterator[Summary]:
+    s = Summary(session_dir / "summary.json")
     yield s
     s.write()
+    shutil.copyfile(s.path, OUTPUT / "summary.json")
 
 
 @pytest.fixture(autouse=True)
@@ -57,12 +85,11 @@ def executor_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def var() -> Path:
+def var(session_dir) -> Path:
     """The cluster's state folder: AIRFLOW_HOME (task logs in airflow/logs), staging, store,
-    photos, registry. Kept after the session for debugging; emptied when the next one starts."""
-    path = OUTPUT / "var"
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
+    photos, registry."""
+    path = session_dir / "var"
+    path.mkdir()
     return path
 
 
@@ -93,12 +120,13 @@ def warm_model_cache(env: dict[str, str], logs: Path) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="session")
-def cluster(var, registry, fault_file, executor, executor_env, summary) -> Iterator[AirflowCluster]:
+def cluster(
+    var, registry, fault_file, executor, executor_env, summary, session_dir
+) -> Iterator[AirflowCluster]:
     """A started Airflow whose DAGs come from the session registry, all DAGs unpaused (a
     user's first step; scheduled datasets start ticking right away)."""
     declare_datasets(var, registry)
-    logs = OUTPUT / "logs"
-    shutil.rmtree(logs, ignore_errors=True)
+    logs = session_dir / "logs"
     env = {
         "IMAGEINDEX_REGISTRY": str(registry.path),
         "IMAGEINDEX_FAULT_FILE": str(fault_file),

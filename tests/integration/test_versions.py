@@ -133,9 +133,9 @@ def test_a_second_run_of_a_version_fails_naming_the_first_and_leaves_it_alone(
 
     def planned():
         tis = {t["task_id"]: t for t in cluster.task_instances(DAG, first)}
-        return tis.get("plan", {}).get("state") == "success"
+        return tis.get("plan", {}).get("state") in ("success", "failed", "upstream_failed")
 
-    cluster.wait(planned, timeout=180, what=f"{first} to take the v2 lease")
+    cluster.wait(planned, timeout=180, what=f"{first} to plan")
     second = cluster.trigger(DAG, {"version": "v2"})
     runs = {r: cluster.wait_run(DAG, r) for r in (first, second)}
     plan = {t["task_id"]: t for t in cluster.task_instances(DAG, second)}["plan"]
