@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pyarrow as pa
 
+from imageindex.connections import get_credentials
 from imageindex.errors import ConfigError, EmptyIndexError, ModelMismatchError, StoreError
 from imageindex.stores.base import (
     HIT_COLUMNS,
@@ -434,22 +435,11 @@ def client_from_connection(conn, *, timeout: float | None = None):
 
 
 def client_for_conn_id(conn_id: str, *, timeout: float | None = None):
-    """The client of Airflow connection ``conn_id``, looked up through the OpenSearch provider."""
-    try:
-        from airflow.providers.opensearch.hooks.opensearch import OpenSearchHook
-    except ImportError as exc:
-        raise ConfigError(
-            f"opensearch+conn://{conn_id} needs Airflow with apache-airflow-providers-opensearch;"
-            " outside Airflow use opensearch://host:port"
-        ) from exc
-    try:
-        conn = OpenSearchHook.get_connection(conn_id)
-    except Exception as exc:
-        # The exception text may quote the connection URI, password included: name its type only.
-        raise ConfigError(
-            f"Airflow connection {conn_id!r} could not be loaded ({type(exc).__name__}); define "
-            f"it in Airflow or as the environment variable AIRFLOW_CONN_{conn_id.upper()}"
-        ) from None
+    """The client of connection ``conn_id`` (Airflow, else ``AIRFLOW_CONN_<ID>``; see
+    :mod:`imageindex.connections`)."""
+    conn = get_credentials(
+        conn_id, service="OpenSearch", fields="host = the endpoint, login/password if any"
+    )
     return client_from_connection(conn, timeout=timeout)
 
 
