@@ -235,3 +235,35 @@ def test_secrets_filter_rewrites_records():
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     SecretsFilter().filter(record)
     assert SECRET not in record.exc_text
+
+
+# ------------------------------------------------------------------------------------------------
+# OpenSearch reads its connection here too
+
+
+def test_opensearch_client_from_an_env_connection_without_airflow(no_airflow, monkeypatch):
+    pytest.importorskip("opensearchpy")
+    from imageindex.stores.opensearch_store import client_for_conn_id
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_OS_ENV",
+        json.dumps(
+            {
+                "conn_type": "opensearch",
+                "host": "os.test",
+                "port": 9201,
+                "login": "admin",
+                "password": SECRET + "os",
+                "extra": {"use_ssl": True, "verify_certs": False},
+            }
+        ),
+    )
+    client = client_for_conn_id("os_env", timeout=7)
+    host = client.transport.hosts[0]
+    assert (host["host"], host["port"]) == ("os.test", 9201)
+    assert client.transport.kwargs["use_ssl"] is True
+    assert redact(SECRET + "os") == "***"
+    monkeypatch.delenv("AIRFLOW_CONN_OS_ENV")
+    with pytest.raises(ConfigError, match="AIRFLOW_CONN_OS_ENV") as info:
+        client_for_conn_id("os_env")
+    assert "OpenSearch" in str(info.value)
