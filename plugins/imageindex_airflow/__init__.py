@@ -1,1 +1,3 @@
-"""Airflow glue for imageindex: hooks that hand the library ready-made clients."""
+"""Airflow glue for imageindex: the REST API and "View Data" page (``plugin.py`` mounts
+``app.py``, which assembles the routers in ``routers/``), and the run-progress reader
+(``runs.py``)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from imageindex_airflow.api import app
+from imageindex_airflow.app import app
 
 
 class ImageIndexPlugin(AirflowPlugin):

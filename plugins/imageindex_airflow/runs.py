@@ -15,7 +15,8 @@ docstring of :mod:`imageindex.pipeline`), so it works the same under any executo
   or the DAG's teardown gives it back). A run without a report that does not hold the lease
   any more has stopped: it failed, or was killed.
 
-Imported by ``api.py`` inside its routes; like it, it imports the library only in functions.
+The plugin's one reader of run folders: the runs and datasets routers ask it, never staging.
+Like them, it imports the library only in functions.
 """
 
 from __future__ import annotations
@@ -177,3 +178,19 @@ def get_run(staging, dataset_id: str, version: str, name: str) -> dict | None:
         return None
     holder = _lease_holder(staging, dataset_id, version, time.time())
     return describe(staging, root, name, files, version, holder)
+
+
+def last_report(staging, dataset_id: str, version: str, *, read: int = 10) -> dict | None:
+    """The version's newest run report, its run folder under ``"run"``; None without one.
+
+    One listing; of the ``read`` newest runs by run id that have a report, the one that
+    finished last wins (run ids can be written in several ways, finish times cannot).
+    """
+    root = staging.join("runs", dataset_id, version)
+    names = [n for n, files in _files_by_run(staging, root).items() if "report.json" in files]
+    best = None
+    for name in sorted(names, key=_run_order, reverse=True)[:read]:
+        report = staging.read_json(f"{root.rstrip('/')}/{name}/report.json")
+        if best is None or str(report.get("finished_at")) > str(best.get("finished_at")):
+            best = {**report, "run": name}
+    return best
