@@ -20,10 +20,11 @@ goes, and what each task pays before it does any work. Prints one JSON object (l
    (scheduling gaps); ``airflow_overhead_share`` is the sum of the last two. For one task at
    a time this is exactly (wall - stage seconds) / wall. ``per_task_airflow_seconds``: mean
    task-instance time outside the pipeline, per stage.
-4. ``fresh_process``: what a new task process spends before its first image, in a child
-   process like the task's (imports, embedder and tagger set-up, ONNX session, label and
-   tag-definition vectors from the model cache, store open), wall and CPU seconds; and whether
-   torch was imported (it must not be).
+4. ``task_process_start``: what a new task process spends before its first image (imports,
+   embedder and tagger set-up, ONNX session, label and tag-definition vectors from the model
+   cache, store open; wall and CPU seconds; torch must not be imported), in a fresh interpreter
+   and in a process forked after the imports ``plugins/airflow_local_settings.py`` makes the
+   scheduler and Celery workers do (how the real executors start tasks).
 5. Embed stage alone, in a fresh child on the smallest run's preprocessed shards (at most
    ``--embed-images`` images): ``pipeline.tag_embed`` per shard, cold once, then warm rounds
    interleaved with the bare ONNX forward (224x224 uint8 arrays already in memory, normalise +
@@ -322,6 +323,34 @@ def run_dag_test(var: Path, env: dict, sizes: list[int], args) -> dict:
 
 
 def child_load(cfg: dict) -> dict:
+    """The steps in this fresh interpreter (``forked`` false), or in a process forked from this
+    one after it pre-imported what ``plugins/airflow_local_settings.py`` makes the scheduler and
+    Celery workers import: how a task process starts under the real executors."""
+    if not cfg["forked"]:
+        return load_steps(cfg["dataset"])
+    sys.path.insert(0, str(REPO / "plugins"))
+    import airflow_local_settings
+
+    for name in airflow_local_settings.TASK_IMPORTS:
+        __import__(name)
+    read, write = os.pipe()
+    t0 = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:  # the task process
+        try:
+            result = {"fork_seconds": round(time.perf_counter() - t0, 4)}
+            result |= load_steps(cfg["dataset"])
+            os.write(write, json.dumps(result).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        forked = json.loads(fh.read() or "{}")
+    os.waitpid(pid, 0)
+    return forked
+
+
+def load_steps(dataset_id: str) -> dict:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     steps: dict[str, dict] = {}
 
@@ -334,7 +363,7 @@ def child_load(cfg: dict) -> dict:
     from imageindex import pipeline
     from imageindex.taggers.offline import definition_vectors
 
-    dataset = pipeline.load_registry().get(cfg["dataset"])
+    dataset = pipeline.load_registry().get(dataset_id)
     step("imports_and_registry", wall0, cpu0)
     t, c = time.perf_counter(), time.process_time()
     embedder = pipeline.embedder_for(dataset)
@@ -566,7 +595,10 @@ def main() -> None:
         first = results[executors[0]]["runs"][str(sizes[0])]
         child_env["IMAGEINDEX_HOME"] = str(Path(first["run_dir"]).parents[4])
         log("fresh task process: imports, models, store")
-        out["fresh_process"] = run_child("load-child", {"dataset": dataset_id(sizes[0])}, child_env)
+        out["task_process_start"] = {
+            kind: run_child("load-child", {"dataset": dataset_id(sizes[0]), "forked": f}, child_env)
+            for kind, f in (("fresh_interpreter", False), ("forked_after_pre_import", True))
+        }
         log("embed stage alone and bare forward (child process)")
         emb = run_child(
             "embed-child",
