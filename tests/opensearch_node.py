@@ -95,6 +95,9 @@ class OpenSearchNode:
         """Launch the JVM and wait until the node answers and its cluster is usable."""
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError(f"the node in {self.home} is already running")
+        if self.url and self.port == "0":
+            # Started before: come back on the same port, so clients keep their URL.
+            self.port = self.url.rsplit(":", 1)[1]
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "url").unlink(missing_ok=True)
         t0 = time.monotonic()
@@ -154,9 +157,7 @@ class OpenSearchNode:
             proc.wait(30)
 
     def restart(self, timeout: float = START_TIMEOUT_S) -> OpenSearchNode:
-        """Stop and start on the same data folder and, when it is still free, the same port."""
-        if self.url and self.port == "0":
-            self.port = self.url.rsplit(":", 1)[1]
+        """Stop and start on the same data folder and port."""
         self.stop()
         return self.start(timeout)
 

@@ -455,21 +455,6 @@ def test_concurrent_tag_writers_lose_no_tag(make_store, retry_on_conflict):
 # ------------------------------------------------------------------------------- the node itself
 
 
-@pytest.fixture
-def own_node(tmp_path):
-    """A private node (restarted and stopped by the test, so the shared one is untouched)."""
-    import opensearch_node
-
-    reason = opensearch_node.missing_tools()
-    if reason:
-        pytest.skip(reason)
-    node = opensearch_node.start(tmp_path / "node")
-    try:
-        yield node
-    finally:
-        node.stop()
-
-
 def test_node_restarted_keeps_every_document(own_node):
     store = OpenSearchStore(url=own_node.url, refresh=False, bulk_chunk=100)
     store.ensure_table(DS, model=MODEL, dim=DIM)

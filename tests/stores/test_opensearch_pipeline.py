@@ -16,6 +16,7 @@ import pytest
 from imagezoo import make_photo
 
 from imageindex import pipeline
+from imageindex.errors import StoreError
 from imageindex.stores import open_store
 from imageindex.stores.base import Filter
 
@@ -130,3 +131,50 @@ def test_pipeline_on_opensearch_equals_lancedb(tmp_path, opensearch_url, monkeyp
     ):
         assert os_run[0] == lance_run[0], stage
         assert os_run[1] == lance_run[1], stage
+
+
+@pytest.mark.slow
+def test_node_down_marks_nothing_indexed_and_the_next_run_catches_up(
+    tmp_path, own_node, monkeypatch
+):
+    """The node goes down between embedding and upsert: the upsert fails with a clear error,
+    nothing is written, and the next run (node back) finds exactly those files still new."""
+    src = tmp_path / "src"
+    uri = "opensearch://" + urlsplit(own_node.url).netloc
+    spec = {"type": "opensearch", "uri": uri}
+    fresh_source(src)
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(
+        f"""
+datasets:
+  - id: t
+    versions:
+      v1: {{source: {src}}}
+    store: {{type: opensearch, uri: "{uri}", timeout: 5}}
+    tagger: {{type: offline, definitions: {REPO / "config" / "tags" / "samples.json"}}}
+""",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("IMAGEINDEX_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("IMAGEINDEX_REGISTRY", str(reg))
+    monkeypatch.delenv("IMAGEINDEX_STAGING", raising=False)
+    assert pipeline.run_all("t", run_id="first")["indexed_ok"] == 6
+
+    for i in range(3):
+        make_photo(src / f"late{i}.jpg", seed=300 + i)
+    plan = pipeline.plan("t", None, "down")
+    (manifest,) = plan["shards"]
+    pre = pipeline.preprocess("t", "v1", manifest)
+    emb = pipeline.tag_embed("t", "v1", pre["preprocessed"])
+    own_node.stop()
+    with pytest.raises(StoreError, match="cannot reach OpenSearch"):
+        pipeline.upsert("t", "v1", emb["features"], pre["preprocessed"])
+    pipeline.release_lease("t", "v1", "down")  # what the DAG's teardown does
+    with pytest.raises(StoreError, match="cannot reach OpenSearch"):
+        pipeline.run_all("t", run_id="while-down")
+
+    own_node.start()
+    assert len(documents(spec)) == 6
+    again = pipeline.run_all("t", run_id="after")
+    assert (again["new"], again["processed"], again["indexed_ok"]) == (3, 3, 9)
+    assert set(documents(spec)) == {p.as_uri() for p in src.rglob("*") if p.is_file()}
