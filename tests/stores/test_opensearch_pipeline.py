@@ -37,8 +37,9 @@ def documents(spec: dict) -> dict[str, dict]:
     return {d["uri"]: {k: d[k] for k in KEYS} for d in store.get("t", ids)}
 
 
-def scenario(tmp: Path, src: Path, store_line: str, spec: dict, monkeypatch) -> list:
-    """Three runs over the same source; what each leaves in the store and its counts."""
+def use_registry(tmp: Path, src: Path, store_line: str, monkeypatch) -> None:
+    """A registry with dataset ``t`` over ``src`` into the store ``store_line`` (YAML), and
+    Imageindex state under ``tmp``."""
     tmp.mkdir(parents=True, exist_ok=True)
     reg = tmp / "registry.yaml"
     reg.write_text(
@@ -55,6 +56,11 @@ datasets:
     monkeypatch.setenv("IMAGEINDEX_HOME", str(tmp / "home"))
     monkeypatch.setenv("IMAGEINDEX_REGISTRY", str(reg))
     monkeypatch.delenv("IMAGEINDEX_STAGING", raising=False)
+
+
+def scenario(tmp: Path, src: Path, store_line: str, spec: dict, monkeypatch) -> list:
+    """Three runs over the same source; what each leaves in the store and its counts."""
+    use_registry(tmp, src, store_line, monkeypatch)
     counts = ("new", "changed", "deleted", "unchanged", "processed", "indexed_ok")
     out = []
 
@@ -143,21 +149,7 @@ def test_node_down_marks_nothing_indexed_and_the_next_run_catches_up(
     uri = "opensearch://" + urlsplit(own_node.url).netloc
     spec = {"type": "opensearch", "uri": uri}
     fresh_source(src)
-    reg = tmp_path / "registry.yaml"
-    reg.write_text(
-        f"""
-datasets:
-  - id: t
-    versions:
-      v1: {{source: {src}}}
-    store: {{type: opensearch, uri: "{uri}", timeout: 5}}
-    tagger: {{type: offline, definitions: {REPO / "config" / "tags" / "samples.json"}}}
-""",
-        encoding="utf-8",
-    )
-    monkeypatch.setenv("IMAGEINDEX_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("IMAGEINDEX_REGISTRY", str(reg))
-    monkeypatch.delenv("IMAGEINDEX_STAGING", raising=False)
+    use_registry(tmp_path, src, f'{{type: opensearch, uri: "{uri}", timeout: 5}}', monkeypatch)
     assert pipeline.run_all("t", run_id="first")["indexed_ok"] == 6
 
     for i in range(3):
