@@ -18,8 +18,9 @@ Design decisions:
 - **User tags**: a row whose ``tags_user`` is null is written by a scripted upsert that replaces
   the stored document but keeps its ``tags_user``, atomically on the shard (no read-then-write
   window in which a user's tag could be lost); a row with tags is a plain ``index``.
-- **Rejected documents**: :meth:`OpenSearchStore.upsert` writes every chunk, retries items
-  OpenSearch was too busy for (429), then raises :class:`BulkWriteError` (a StoreError) naming
+- **Rejected documents**: :meth:`OpenSearchStore.upsert` writes every chunk, sends again the
+  items OpenSearch was too busy for (429) or whose scripted update kept losing a race (409,
+  after the node's own ``retry_on_conflict``), counted in ``stats``, then raises :class:`BulkWriteError` (a StoreError) naming
   the rejected ids and reasons; the rest have landed. ``last_errors`` keeps the list.
 - **Refresh**: writes wait for the next refresh by default (``refresh="wait_for"``), so reads
   see them; bulk loaders can pass ``refresh=False`` and rely on :meth:`~OpenSearchStore.optimize`
