@@ -358,6 +358,37 @@ def test_text_queries_find_the_right_photo(embedder, photos, photo_embeddings):
         embedder.embed_texts("a cat")
 
 
+def test_text_queries_run_on_onnx_like_sentence_transformers(embedder):
+    from imageindex.embedders.offline import load_text_model
+
+    texts = ["a cat", "A Cup Of Coffee!", "x", "a photo of a tabby cat (tabby, tabby cat)"]
+    texts.append("a street with cars and people " * 60)  # over 256 tokens: truncated alike
+    vectors = embedder.embed_texts(texts)
+    assert type(embedder._text_model).__name__ == "_OnnxText"
+    reference = load_text_model().encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(vectors, reference, atol=1e-5)
+
+
+def test_a_text_query_imports_no_torch(embedder, model_cache):
+    # Run after the test above exported the text model into this module's cache.
+    code = (
+        "import json, sys\n"
+        "for m in ('torch', 'sentence_transformers', 'transformers'):\n"
+        "    sys.modules[m] = None\n"
+        "from imageindex.embedders import get_embedder\n"
+        "print(json.dumps(get_embedder().embed_texts(['a cat', 'a cup of coffee']).tolist()))\n"
+    )
+    env = {**os.environ, "IMAGEINDEX_MODEL_CACHE": str(model_cache)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    vectors = np.array(json.loads(result.stdout.strip().splitlines()[-1]), dtype=np.float32)
+    np.testing.assert_allclose(
+        vectors, embedder.embed_texts(["a cat", "a cup of coffee"]), atol=1e-6
+    )
+
+
 @pytest.mark.slow
 def test_imagenet_top1_accuracy(embedder):
     labelled = imagenet_photos()
