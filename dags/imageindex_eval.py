@@ -24,7 +24,8 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+
+from imageindex.errors import airflow_outcome
 
 DEFAULT_MODELS = ["offline", "filename"]
 DEFAULT_KS = [1, 5, 10, 50, 100]
@@ -90,6 +91,7 @@ def _out_dir(param: str, run_id: str) -> str:
 )
 def imageindex_eval():
     @task
+    @airflow_outcome()  # a bad folder or model name stays bad: fails at once, no retry
     def prepare() -> dict:
         """Check (or build) the evaluation folder and the models; fix the output folder."""
         from imageindex import evaluation
@@ -97,16 +99,12 @@ def imageindex_eval():
 
         ctx = get_current_context()
         p = ctx["params"]
-        try:
-            ks = list(evaluation.check_ks(list(p["ks"])))
-            evaluation.check_prompt(p["prompt"])
-            labels = [evaluation.resolve_model(m).label for m in p["models"]]
-            if len(set(labels)) != len(labels):
-                raise ConfigError(f"models {labels}: name each model once")
-            eval_set = evaluation.ensure_eval_set(p["data_dir"] or None)
-        except ConfigError as exc:
-            # A bad folder or model name stays bad: retrying would not help.
-            raise AirflowFailException(str(exc)) from None
+        ks = list(evaluation.check_ks(list(p["ks"])))
+        evaluation.check_prompt(p["prompt"])
+        labels = [evaluation.resolve_model(m).label for m in p["models"]]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"models {labels}: name each model once")
+        eval_set = evaluation.ensure_eval_set(p["data_dir"] or None)
         return {
             **eval_set.info(),
             "models": labels,
@@ -120,22 +118,20 @@ def imageindex_eval():
         return prepared["models"]
 
     @task(max_active_tis_per_dagrun=1)
+    @airflow_outcome()  # a rejected key fails at once; an outage keeps the retry
     def evaluate(model: str, prepared: dict) -> dict:
         """Evaluate one model; the per-tag results stay on disk, XCom gets the numbers."""
         from imageindex import evaluation
-        from imageindex.errors import AuthError
 
         eval_set = evaluation.load_eval_set(prepared["data"])
-        try:
-            result = evaluation.evaluate_model(
-                eval_set, model, ks=prepared["ks"], prompt=prepared["prompt"]
-            )
-        except AuthError as exc:
-            raise AirflowFailException(str(exc)) from None
+        result = evaluation.evaluate_model(
+            eval_set, model, ks=prepared["ks"], prompt=prepared["prompt"]
+        )
         summary = evaluation.write_model_result(prepared["out_dir"], result)
         return evaluation.summary_numbers(summary)
 
     @task
+    @airflow_outcome()
     def report(results, prepared: dict) -> dict:
         """Merge the models' summaries into summary.json and draw the comparison plot."""
         from imageindex import evaluation

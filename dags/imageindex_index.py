@@ -30,17 +30,11 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task, task_group
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowSkipException
 
 from imageindex import pipeline
 from imageindex.config import settings
-from imageindex.errors import (
-    AuthError,
-    ConfigError,
-    ModelMismatchError,
-    RegistryError,
-    VersionBusyError,
-)
+from imageindex.errors import RegistryError, airflow_outcome
 from imageindex.registry import DatasetSpec, load_registry
 
 log = logging.getLogger(__name__)
@@ -83,32 +77,66 @@ def stage_args(ds: DatasetSpec, stage: str) -> dict:
     return opts
 
 
-#: Errors no retry can fix: a bad registry entry, version or param, a rejected key, an index
-#: built by another model, another run holding the version. The task fails at once.
-PERMANENT_ERRORS = (ConfigError, AuthError, ModelMismatchError, VersionBusyError)
-
-
 def stage_task(ds: DatasetSpec, stage: str, **task_kwargs):
     """``@task`` for one pipeline stage, with the registry's settings for it. Every stage runs
-    through here, so all of them: export the try number (``IMAGEINDEX_TRY_NUMBER``, read by
-    the fault hook) and fail at once, without retries, on :data:`PERMANENT_ERRORS`; transient
-    errors (source, store, provider outages) keep Airflow's retries."""
+    through here, so all of them export the try number (``IMAGEINDEX_TRY_NUMBER``, read by the
+    fault hook) and give library errors their Airflow outcome (:func:`airflow_outcome`): errors
+    no retry can fix fail at once, transient ones (source, store, provider outages) keep
+    Airflow's retries, and the plan of a scheduled or backfill run skips when another run holds
+    the version (that run covers this interval's changes; the next one catches up)."""
 
     def decorate(fn):
         @functools.wraps(fn)
         def run_stage(*args, **kwargs):
-            os.environ["IMAGEINDEX_TRY_NUMBER"] = str(get_current_context()["ti"].try_number)
-            try:
+            ctx = get_current_context()
+            os.environ["IMAGEINDEX_TRY_NUMBER"] = str(ctx["ti"].try_number)
+            with airflow_outcome(busy_skips=stage == "plan" and _scheduled(ctx)):
                 return fn(*args, **kwargs)
-            except PERMANENT_ERRORS as exc:
-                raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
         return task(**stage_args(ds, stage), **task_kwargs)(run_stage)
 
     return decorate
 
 
+def _scheduled(ctx) -> bool:
+    """Whether the run was made by the scheduler (a schedule or a backfill), not by hand."""
+    run_type = str(getattr(ctx.get("dag_run"), "run_type", "")).lower().rsplit(".", 1)[-1]
+    return run_type in ("scheduled", "backfill")
+
+
+def run_params(ds: DatasetSpec) -> dict[str, Param]:
+    """The trigger form: which version, which mode, how many files per shard."""
+    cfg = settings()
+    return {
+        # Free text, not an enum: logical versions registered by exports are valid too.
+        "version": Param(
+            ds.current_version,
+            type="string",
+            examples=list(ds.versions),
+            pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+            title="Dataset version",
+            description="Which version to index: one of the registry's, or a logical "
+            "version registered by an export.",
+        ),
+        "mode": Param(
+            "incremental",
+            enum=list(pipeline.MODES),
+            title="Mode",
+            description="incremental: new and changed files; full: every file.",
+        ),
+        "shard_size": Param(
+            ds.shard_size or cfg.shard_size,
+            type="integer",
+            minimum=1,
+            title="Files per shard",
+            description="Grows automatically so the shard count stays under the cap.",
+        ),
+    }
+
+
 def build_dag(ds: DatasetSpec):
+    """The index DAG of one dataset. Its tasks are defined inside (they close over ``ds``), so
+    this reads as the DAG's table of contents: longer than a plain function, on purpose."""
     cfg = settings()
     asset = dataset_asset(ds.id)
     features = features_asset(ds.id)
@@ -137,31 +165,7 @@ def build_dag(ds: DatasetSpec):
             "retry_exponential_backoff": True,
             "max_retry_delay": timedelta(seconds=max(cfg.retry_delay_s * 16, 1)),
         },
-        params={
-            # Free text, not an enum: logical versions registered by exports are valid too.
-            "version": Param(
-                ds.current_version,
-                type="string",
-                examples=list(ds.versions),
-                pattern=r"^[A-Za-z0-9_.-]{1,64}$",
-                title="Dataset version",
-                description="Which version to index: one of the registry's, or a logical "
-                "version registered by an export.",
-            ),
-            "mode": Param(
-                "incremental",
-                enum=list(pipeline.MODES),
-                title="Mode",
-                description="incremental: new and changed files; full: every file.",
-            ),
-            "shard_size": Param(
-                ds.shard_size or cfg.shard_size,
-                type="integer",
-                minimum=1,
-                title="Files per shard",
-                description="Grows automatically so the shard count stays under the cap.",
-            ),
-        },
+        params=run_params(ds),
         render_template_as_native_obj=True,
     )
     def index_dataset():
@@ -173,20 +177,9 @@ def build_dag(ds: DatasetSpec):
             """
             ctx = get_current_context()
             p = ctx["params"]
-            try:
-                result = pipeline.plan(
-                    ds.id,
-                    p["version"],
-                    ctx["run_id"],
-                    mode=p["mode"],
-                    shard_size=int(p["shard_size"]),
-                )
-            except VersionBusyError as exc:
-                run_type = str(ctx["dag_run"].run_type).lower().rsplit(".", 1)[-1]
-                if run_type in ("scheduled", "backfill"):
-                    # The running one covers this interval's changes; the next one catches up.
-                    raise AirflowSkipException(str(exc)) from None
-                raise AirflowFailException(str(exc)) from None
+            result = pipeline.plan(
+                ds.id, p["version"], ctx["run_id"], mode=p["mode"], shard_size=int(p["shard_size"])
+            )
             return result["shards"]
 
         @task_group(group_id="shard")

@@ -1,6 +1,10 @@
-"""Typed errors. Each says what to fix and names the file, dataset, field or setting."""
+"""Typed errors. Each says what to fix and names the file, dataset, field or setting; and what
+each means for an Airflow task: fail at once, skip, or retry (:func:`airflow_outcome`)."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 
 class ImageIndexError(Exception):
@@ -58,3 +62,44 @@ class AuthError(ProviderError):
 
 class VersionBusyError(ImageIndexError):
     """Another run is indexing the same dataset version right now (see pipeline leases)."""
+
+
+# --------------------------------------------------------------------------------------------
+# What an error means for the Airflow task that raised it. Plain values here; Airflow is
+# imported only by airflow_outcome, when an error has to be turned into its exception.
+
+FAIL, SKIP, RETRY = "fail", "skip", "retry"
+
+#: Errors no retry can fix: a bad registry entry, version or param, a rejected key, an index
+#: built by another model, another run holding the version. The task fails at once.
+PERMANENT_ERRORS = (ConfigError, AuthError, ModelMismatchError, VersionBusyError)
+
+
+def outcome(exc: BaseException, *, busy_skips: bool = False) -> str:
+    """:data:`FAIL` (at once, no retries), :data:`SKIP` or :data:`RETRY` (Airflow's retries)
+    for an error raised in a task.
+
+    ``busy_skips``: another run holding the version skips the task instead of failing it (the
+    plan of a scheduled or backfill run: the run in flight covers its changes, the next one
+    catches up).
+    """
+    if busy_skips and isinstance(exc, VersionBusyError):
+        return SKIP
+    return FAIL if isinstance(exc, PERMANENT_ERRORS) else RETRY
+
+
+@contextlib.contextmanager
+def airflow_outcome(*, busy_skips: bool = False) -> Iterator[None]:
+    """Run a task's body so that each library error has the :func:`outcome` it calls for:
+    ``AirflowFailException`` or ``AirflowSkipException`` (naming the error), or raised as it
+    is for Airflow's retries. Used by every task of the DAGs in ``dags/``."""
+    try:
+        yield
+    except ImageIndexError as exc:
+        verdict = outcome(exc, busy_skips=busy_skips)
+        if verdict == RETRY:
+            raise
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+        airflow_exc = AirflowSkipException if verdict == SKIP else AirflowFailException
+        raise airflow_exc(f"{type(exc).__name__}: {exc}") from exc

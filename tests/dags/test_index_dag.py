@@ -247,27 +247,6 @@ def test_unknown_version_fails_at_once_without_retries(samples_env):
     assert "has no version 'nope'" in output
 
 
-def load_index_dag(monkeypatch, tmp_path):
-    import importlib.util
-
-    src = tmp_path / "src"
-    src.mkdir()
-    reg = tmp_path / "registry.yaml"
-    reg.write_text(
-        f"datasets:\n  - id: t\n    versions: {{v1: {src}}}\n"
-        f"    store: {{uri: {tmp_path / 'store'}}}\n",
-        encoding="utf-8",
-    )
-    monkeypatch.setenv("IMAGEINDEX_REGISTRY", str(reg))
-    monkeypatch.setenv("IMAGEINDEX_HOME", str(tmp_path / "home"))
-    spec = importlib.util.spec_from_file_location(
-        "imageindex_index", REPO / "dags/imageindex_index.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.DAGS["t"]
-
-
 def stage_args(stage: str, staging: Path) -> tuple:
     """Arguments of each stage task: staging files that are not there (a transient error)."""
     shard = staging / "runs" / "t" / "v1" / "gone" / "shards" / "00000"
@@ -285,12 +264,13 @@ STAGES = ["plan", "shard.preprocess", "shard.tag_embed", "shard.upsert", "finali
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_every_stage_fails_at_once_on_errors_a_retry_cannot_fix(stage, monkeypatch, tmp_path):
+def test_every_stage_fails_at_once_on_errors_a_retry_cannot_fix(
+    stage, index_dag, monkeypatch, tmp_path
+):
     from airflow.sdk.exceptions import AirflowFailException
     from airflow.sdk.execution_time.context import set_current_context
 
-    dag = load_index_dag(monkeypatch, tmp_path)
-    fn = dag.get_task(stage).python_callable
+    fn = index_dag.get_task(stage).python_callable
     monkeypatch.delenv("IMAGEINDEX_TRY_NUMBER", raising=False)
 
     def context(version: str) -> dict:
