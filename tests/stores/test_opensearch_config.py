@@ -1,13 +1,11 @@
-"""OpenSearchStore without a cluster: configuration, URIs, the Airflow hook, and the one answer
-the live node cannot be made to give on demand (a bulk item rejected as too busy, HTTP 429).
+"""OpenSearchStore without a cluster: configuration, URIs, the Airflow connection, and the one
+answer the live node cannot be made to give on demand (a bulk item rejected as too busy, HTTP 429).
 Everything the node does is checked against the node itself in test_opensearch_live.py."""
 
 from __future__ import annotations
 
 import base64
 import json
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -118,29 +116,19 @@ def test_connection_errors_are_typed_and_hide_credentials():
     assert "s3cret" not in str(e.value) and "admin" not in str(e.value)
 
 
-def test_airflow_hook_builds_a_verified_client_lazily(monkeypatch):
-    pytest.importorskip("airflow.providers.opensearch")
-    plugins = str(Path(__file__).resolve().parents[2] / "plugins")
-    monkeypatch.syspath_prepend(plugins)
-    sys.modules.pop("imageindex_airflow.hooks", None)
-    from imageindex_airflow.hooks import ImageIndexOpenSearchHook
-
-    # Nothing is looked up until the client is needed.
-    hook = ImageIndexOpenSearchHook()
-    assert hook.opensearch_conn_id == "opensearch_default"
+def test_an_airflow_connection_gives_a_verified_client_on_first_use(monkeypatch):
+    """``opensearch+conn://<id>``, the store's route to OpenSearch from Airflow: nothing is
+    looked up until the client is needed, and certificates are verified unless the extras say
+    ``"verify_certs": false`` (the provider's hook would not verify)."""
+    store = from_uri("opensearch+conn://opensearch_default", {"index_prefix": "team"})
     conn = json.dumps({"conn_type": "opensearch", "host": "search.example.com", "port": 9200,
                        "login": "u", "password": "secret-pw", "extra": {"use_ssl": True}})  # fmt: skip
     monkeypatch.setenv("AIRFLOW_CONN_OPENSEARCH_DEFAULT", conn)
-    client = hook.client
+    client = store.client
     (connection,) = client.transport.connection_pool.connections
     assert connection.host == "https://search.example.com:9200"
-    assert connection.pool.cert_reqs == "CERT_REQUIRED"  # the provider's hook would not verify
+    assert connection.pool.cert_reqs == "CERT_REQUIRED"
     assert (
         connection.headers["authorization"] == "Basic " + base64.b64encode(b"u:secret-pw").decode()
     )
-    assert hook.client is client
-    store = hook.get_store(index_prefix="team")
     assert store.client is client and store.index_prefix == "team"
-    behaviour = ImageIndexOpenSearchHook.get_ui_field_behaviour()
-    assert "schema" in behaviour["hidden_fields"]
-    assert "verify_certs" in behaviour["placeholders"]["extra"]
