@@ -1,8 +1,9 @@
 """The imageindex Airflow plugin: the REST API at ``/imageindex`` and a "View Data" entry in
 the Airflow UI's navigation that shows the search and gallery page inside the UI.
 
-Airflow's plugin loader imports this file (and every other ``.py`` file in the plugins folder)
-as a top-level module; the plugins folder is on ``sys.path``, hence the absolute import.
+Airflow's plugin loader imports this file as a top-level module (``.airflowignore`` keeps it
+from importing the package's other files a second time that way); the plugins folder is on
+``sys.path``, hence the absolute import of the app.
 """
 
 from __future__ import annotations
