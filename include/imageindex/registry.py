@@ -259,7 +259,7 @@ def _parse_dataset(
 
     schedule = item.get("schedule")
     if isinstance(schedule, dict):
-        # {assets: [uri, ...]}: run when an upstream DAG updates any of these Airflow assets
+        # {assets: [uri, ...]}: run once upstream DAGs have updated all of these Airflow assets
         assets = schedule.get("assets")
         if set(schedule) != {"assets"} or not isinstance(assets, list) or not assets:
             raise err("schedule", "as a mapping it must be {assets: [asset uri, ...]}")

@@ -76,11 +76,6 @@ def cluster_env(
     }
     settings.update(extra)
     env = airflow_env(var_dir, port=api_port, **settings)
-    conn = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-    if conn.startswith("sqlite:") and "?" not in conn:
-        # Five processes and the CLI write to one SQLite file; under load the default 5 s busy
-        # timeout made `airflow backfill create` fail with "database is locked".
-        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"{conn}?timeout=60"
     env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
     return env
 
