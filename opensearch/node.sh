@@ -7,6 +7,9 @@
 # Needs Java 17+ and Maven. OPENSEARCH_JAVA_OPTS replaces the default heap (-Xms512m -Xmx1g).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [ "${1:-}" = run ] && [ $# -ge 2 ]; then
+    home="$(mkdir -p "$2" && cd "$2" && pwd)" # before the cd below: HOME may be relative
+fi
 cd "$here"
 
 stale() {
@@ -30,7 +33,6 @@ build)
 run)
     [ $# -ge 2 ] || { echo "usage: $0 run HOME [PORT]" >&2; exit 2; }
     build
-    home="$(mkdir -p "$2" && cd "$2" && pwd)"
     cp="target/classes:$(cat target/classpath.txt):target/knn/*"
     # exec: the JVM gets SIGTERM directly and closes the node cleanly.
     # shellcheck disable=SC2086
