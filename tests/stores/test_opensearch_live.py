@@ -264,6 +264,32 @@ def test_retried_and_concurrent_upserts_never_duplicate(make_store):
     assert sorted(state) == sorted(ids)
 
 
+def test_an_update_clears_what_the_new_row_leaves_empty(store):
+    """Upserts merge into the stored document: a column that is null in the new row is cleared
+    (a file that turned unreadable loses its vector and size fields), only tags_user stays."""
+    rows = plain(2)
+    ids = ids_of(rows)
+    store.upsert(DS, rows)
+    store.add_user_tags(DS, ids[:1], ["fav"])
+    store.upsert(DS, table([{"name": "img0000.jpg", "status": STATUS_FAILED}]))
+    doc = store.get(DS, ids[:1])[0]
+    assert (doc["status"], doc["error"], doc["width"], doc["format"]) == (
+        STATUS_FAILED,
+        "decode: truncated",
+        None,
+        None,
+    )
+    assert doc["tags_user"] == ["fav"]
+    name = store.index_name(DS)
+    has_vector = {"query": {"exists": {"field": "vector"}}}
+    assert store.client.count(index=name, body=has_vector)["count"] == 1
+    assert [h.id for h in store.query(DS, vector=arc(0), top_k=5).hits] == ids[1:]
+    # The same row again leaves the document as it was.
+    again = table([{"name": "img0000.jpg", "status": STATUS_FAILED}])
+    assert store.upsert(DS, again) == 1
+    assert store.get(DS, ids[:1])[0] == doc
+
+
 def test_delete_by_id_removes_exactly_those(store):
     rows = plain(300)
     ids = ids_of(rows)
@@ -402,7 +428,7 @@ def test_a_search_right_after_finalize_sees_the_run(make_store):
 @pytest.mark.parametrize("retry_on_conflict", [0, 3], ids=["client-retries", "server-retries"])
 def test_concurrent_tag_writers_lose_no_tag(make_store, retry_on_conflict):
     """Two writers add different tags to the same documents at once while a third re-indexes
-    them (the scripted upsert that keeps user tags): every tag survives. With
+    them (the merging upsert that keeps user tags): every tag survives. With
     ``retry_on_conflict=0`` the node reports each lost race (409) and the store must send it
     again; the test insists that happened."""
     n, rounds = 60, 6

