@@ -4,8 +4,6 @@ compiler when those bodies run on a live OpenSearch node over the rows the Lance
 from __future__ import annotations
 
 import json
-import uuid
-from datetime import datetime
 
 import pytest
 
@@ -18,7 +16,7 @@ from imageindex.query import (
 )
 from imageindex.query.opensearch import case_insensitive, wildcard_escape
 
-from .test_lancedb_compiler import CASES, DIM, FIELDS, make_table
+from .test_lancedb_compiler import CASES, FIELDS
 
 
 def body(query: str, **kw) -> dict:
@@ -247,32 +245,6 @@ def test_helpers():
 # --------------------------------------------------------------------------------------------
 # The compiled bodies run on a live OpenSearch node (conftest.py ``opensearch_url``) over the rows
 # the LanceDB compiler tests use: both compilers must find the same documents.
-
-
-@pytest.fixture(scope="module")
-def live_index(opensearch_url):
-    from imageindex.stores.opensearch_store import OpenSearchStore, index_body
-
-    store = OpenSearchStore(url=opensearch_url)
-    client = store.client
-    name = f"compiler-{uuid.uuid4().hex[:12]}"
-    body = index_body("ds", "m", DIM)
-    body["mappings"]["properties"]["quality"] = {"type": "float"}  # the test's extra field
-    client.indices.create(index=name, body=body)
-    lines = []
-    for row in make_table().to_pylist():
-        doc = {
-            k: (v.isoformat(timespec="microseconds") if isinstance(v, datetime) else v)
-            for k, v in row.items()
-            if v is not None
-        }
-        lines += [{"index": {"_id": row["id"]}}, doc]
-    resp = client.bulk(index=name, body=lines, refresh=True)
-    assert not resp["errors"], [i for i in resp["items"] if "error" in i["index"]]
-    try:
-        yield client, name
-    finally:
-        client.indices.delete(index=name)
 
 
 @pytest.mark.parametrize(("query", "expected"), CASES, ids=[c[0] for c in CASES])
