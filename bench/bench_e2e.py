@@ -85,10 +85,19 @@ def _write_photo(job: tuple[str, int, int, int, int]) -> int:
 
 
 def make_photos(root: Path, sizes: list[int], width: int, height: int, quality: int) -> dict:
-    """``root/n<N>/set###/photo#####.jpg`` for each N; smaller sets are hard links."""
+    """``root/n<N>/set###/photo#####.jpg`` for each N; smaller sets are hard links. A set made
+    before with the same settings (``root/photos.json``) is reused."""
     t0 = time.perf_counter()
     n_max = max(sizes)
     full = root / f"n{n_max}"
+    made = root / "photos.json"
+    if made.exists():
+        known = json.loads(made.read_text())
+        same = {k: known.get(k) for k in ("width", "height", "jpeg_quality")}
+        if same == {"width": width, "height": height, "jpeg_quality": quality} and all(
+            len(list((root / f"n{n}").glob("set*/*.jpg"))) == n for n in sizes
+        ):
+            return known | {"files": n_max, "reused": True}
     jobs = []
     for i in range(n_max):
         folder = full / f"set{i // 100:03d}"
@@ -103,7 +112,7 @@ def make_photos(root: Path, sizes: list[int], width: int, height: int, quality: 
             dst = root / f"n{n}" / Path(src).relative_to(full)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.link(src, dst)
-    return {
+    facts = {
         "files": n_max,
         "width": width,
         "height": height,
@@ -111,6 +120,8 @@ def make_photos(root: Path, sizes: list[int], width: int, height: int, quality: 
         "kb_mean": round(sum(kb) / n_max / 1024, 1),
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    made.write_text(json.dumps(facts))
+    return facts
 
 
 def write_registry(
@@ -361,9 +372,10 @@ def load_steps(dataset_id: str) -> dict:
         }
 
     from imageindex import pipeline
+    from imageindex.registry import load_registry
     from imageindex.taggers.offline import definition_vectors
 
-    dataset = pipeline.load_registry().get(dataset_id)
+    dataset = load_registry().get(dataset_id)
     step("imports_and_registry", wall0, cpu0)
     t, c = time.perf_counter(), time.process_time()
     embedder = pipeline.embedder_for(dataset)
@@ -381,7 +393,7 @@ def load_steps(dataset_id: str) -> dict:
         definition_vectors(embedder, definitions)
     step("tag_definition_vectors", t, c)
     t, c = time.perf_counter(), time.process_time()
-    store = pipeline.Run(dataset=dataset, version=VERSION, run_dir="").store()
+    store = pipeline.RunContext(dataset=dataset, version=VERSION).store()
     rows = store.count(dataset.id)
     step("store_open", t, c)
     return {
@@ -406,6 +418,7 @@ def child_embed(cfg: dict) -> dict:
     from imageindex import pipeline
     from imageindex.embedders.offline import normalize_pixels
     from imageindex.preprocess import load_model_input
+    from imageindex.registry import load_registry
 
     dataset = cfg["dataset"]
     shards, n = [], 0
@@ -434,7 +447,7 @@ def child_embed(cfg: dict) -> dict:
     first = pipeline.tag_embed(dataset, VERSION, shards[0])
     cold_first_s = time.perf_counter() - t0
 
-    ds = pipeline.load_registry().get(dataset)
+    ds = load_registry().get(dataset)
     embedder = pipeline.embedder_for(ds)
     session = embedder.onnx_session
     size, bs = embedder.input_size, cfg["batch_size"]
@@ -548,6 +561,7 @@ def main() -> None:
         help="copied to the temp folder (exported ONNX model, label vectors)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--photos", default=None, help="photo folder kept between runs (reused)")
     ap.add_argument("_child", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
@@ -575,7 +589,7 @@ def main() -> None:
         cache = tmp / "model-cache"
         if Path(args.model_cache).is_dir():
             shutil.copytree(args.model_cache, cache)
-        photos = tmp / "photos"
+        photos = Path(args.photos).resolve() if args.photos else tmp / "photos"
         log(f"generating {max(sizes)} photos of {args.width}x{args.height}")
         out["photos"] = make_photos(photos, sizes, args.width, args.height, args.quality)
         results, envs = {}, {}
