@@ -340,7 +340,7 @@ def test_a_plan_that_fails_gives_the_lease_back(dataset):
     pipeline.plan("t", "v1", "r2")  # not refused: r1 released its claim when it failed
 
 
-FAULT_PROBE = "import sys; from imageindex import pipeline; pipeline._fault_point(*sys.argv[1:])"
+FAULT_PROBE = "import sys; from imageindex import pipeline; pipeline.fault_point(*sys.argv[1:])"
 
 
 def fault_exit(env: dict, *args: str) -> int:
@@ -549,12 +549,11 @@ def test_tag_embed_uses_the_stored_model_input_and_matches_decoding(shard, monke
     assert any(from_pixels[1])  # tags were given, so equal tags mean something
 
 
-def test_shards_over_the_limit_leave_the_model_input_out(shard, monkeypatch):
+def test_shards_over_the_limit_leave_the_model_input_out(shard):
     with_pixels = features(pipeline.tag_embed("t", "v1", shard)["features"])
     # 150 KB an image in memory until the shard is written: a huge shard stores none.
-    monkeypatch.setattr(pipeline, "MODEL_INPUT_MAX_ROWS", 3)
     manifest = str(Path(shard).with_name("manifest.parquet"))
-    assert pipeline.preprocess("t", "v1", manifest)["ok"] == 3
+    assert pipeline.preprocess("t", "v1", manifest, model_input_max_rows=3)["ok"] == 3
     assert pq.read_table(model_inputs(shard)).num_rows == 0
     decoded = features(pipeline.tag_embed("t", "v1", shard)["features"])
     assert np.array_equal(with_pixels[0], decoded[0]) and with_pixels[1:] == decoded[1:]

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imageindex.config import settings
+from imageindex import layout
 from imageindex.errors import ConfigError
 from imageindex.manifest import CSV_LIST_SEP, format_of
 from imageindex.search import SearchRequest, iter_hits
@@ -170,7 +170,7 @@ def export_search(
 
     fmt = format_of(dest, fmt)
     ds = load_registry(registry_path).get(req.dataset_id)
-    conn = s3_conn_id or ds.s3_conn_id or settings().s3_conn_id
+    conn = layout.s3_conn_id(ds, s3_conn_id)
     staging, uri = _staging_for(dest, conn)
     store = open_store(ds.store_uri, spec=ds.store)
     digest = hashlib.sha256()
@@ -226,7 +226,7 @@ def export_version(
         raise ConfigError(
             f"dataset '{ds.id}' already has a logical version '{version}'; pick another name"
         )
-    dest = dest or f"{settings().staging_root.rstrip('/')}/exports/{ds.id}/{version}.parquet"
+    dest = dest or layout.StagingLayout.current().export_manifest(ds.id, version)
     result = export_search(req, dest, limit=limit, registry_path=registry_path)
     register_version(
         ds,

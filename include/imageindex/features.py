@@ -19,9 +19,11 @@ import time
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imageindex.config import settings
-from imageindex.registry import DatasetSpec
+from imageindex.layout import feature_table_uri, open_dataset_staging
+from imageindex.specs import DatasetSpec
 from imageindex.stores.schema import STATUS_OK
+
+__all__ = ["COLUMNS", "feature_table_schema", "feature_table_uri", "write_feature_table"]
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +53,6 @@ def feature_table_schema(dim: int) -> pa.Schema:
     return pa.schema(fields, metadata={"imageindex.dim": str(dim)})
 
 
-def feature_table_uri(dataset: DatasetSpec, version: str) -> str | None:
-    """Where the version's feature table lives; None when the dataset turns it off."""
-    root = dataset.feature_table
-    if root == "":
-        return None
-    root = (root or settings().features_root).rstrip("/")
-    return f"{root}/{dataset.id}/{version}/features.parquet"
-
-
-def _staging_for(uri: str, s3_conn_id: str):
-    from imageindex.staging import open_staging
-
-    return open_staging(uri.rsplit("/", 1)[0], s3_conn_id=s3_conn_id)
-
-
 def write_feature_table(
     dataset: DatasetSpec, version: str, store, *, changed: bool = True
 ) -> dict | None:
@@ -78,7 +65,7 @@ def write_feature_table(
     if uri is None:
         return None
     t0 = time.perf_counter()
-    staging = _staging_for(uri, dataset.s3_conn_id or settings().s3_conn_id)
+    staging = open_dataset_staging(dataset, uri.rsplit("/", 1)[0])
     if not changed and staging.exists(uri):
         return {"uri": uri, "rows": None, "seconds": 0.0, "written": False}
     info = store.table_info(dataset.id)

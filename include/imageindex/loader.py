@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 
-from imageindex.config import settings
+from imageindex import layout
 from imageindex.errors import ConfigError, ImageIndexError, SourceError
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def load_version(
     if errors not in ("skip", "raise"):
         raise ConfigError(f"errors={errors!r} must be 'skip' or 'raise'")
     ds = load_registry(registry_path).get(dataset_id)
-    conn = ds.s3_conn_id or settings().s3_conn_id
+    conn = layout.s3_conn_id(ds)
     if manifest is not None:
         rows = _ManifestRows(manifest, conn)
     else:

@@ -21,8 +21,7 @@ Every error names the file, the dataset and the field, so a typo is fixed in one
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,12 @@ import yaml
 
 from imageindex.config import settings
 from imageindex.errors import RegistryError
+from imageindex.specs import DATASET_ID_RE as _ID_RE
+from imageindex.specs import STAGES, DatasetSpec, VersionSpec
+from imageindex.specs import VERSION_NAME_RE as _VERSION_RE
+from imageindex.versions import STAGING_VERSIONS
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_VERSION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+__all__ = ["STAGES", "DatasetSpec", "Registry", "VersionSpec", "load_registry", "parse_registry"]
 _SCHEDULE_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@continuous"}
 _DATASET_KEYS = {
     "id",
@@ -51,7 +53,6 @@ _DATASET_KEYS = {
     "tasks",
     "feature_table",
 }
-STAGES = ("plan", "preprocess", "tag_embed", "upsert", "finalize")
 _TASK_KEYS = {"pool", "pool_slots", "queue", "retries", "execution_timeout_s"}
 _DEFAULT_KEYS = {
     "store",
@@ -63,69 +64,6 @@ _DEFAULT_KEYS = {
     "feature_table",
 }
 _FINGERPRINTS = {"stat", "sha256"}
-
-
-@dataclass(frozen=True)
-class VersionSpec:
-    name: str
-    #: normalized: "s3://bucket/prefix" or an absolute local path; for a logical version
-    #: (``manifest`` true), the uri of the manifest file that lists its files.
-    source: str
-    manifest: bool = False
-
-    @property
-    def is_s3(self) -> bool:
-        return self.source.startswith("s3://")
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    id: str
-    versions: dict[str, VersionSpec]
-    current_version: str
-    description: str = ""
-    tagger: dict = field(default_factory=lambda: {"type": "offline"})
-    embedder: dict = field(default_factory=lambda: {"type": "offline"})
-    store: dict = field(default_factory=dict)
-    #: a preset or cron expression, a tuple of asset uris (asset-triggered), or None (manual)
-    schedule: str | tuple[str, ...] | None = None
-    #: with a time schedule, also run the intervals missed since the DAG's start date
-    catchup: bool = False
-    fingerprint: str = "stat"
-    s3_conn_id: str | None = None
-    shard_size: int | None = None
-    tags: tuple[str, ...] = ()
-    #: Airflow settings per stage, e.g. {"tag_embed": {"pool": "dashscope", "queue": "gpu"}}
-    tasks: dict = field(default_factory=dict)
-    base_dir: Path = Path(".")
-    #: root of the per-version Parquet feature tables; None: $IMAGEINDEX_FEATURES; "" = off
-    feature_table: str | None = None
-
-    def version(self, name: str | None = None) -> VersionSpec:
-        """A version declared in the registry, or a logical version registered by an export."""
-        name = name or self.current_version
-        if name in self.versions:
-            return self.versions[name]
-        from imageindex.versions import lookup_registered
-
-        found = lookup_registered(self, name)
-        if found is not None:
-            return found
-        known = ", ".join(sorted(self.versions))
-        raise RegistryError(
-            f"dataset '{self.id}' has no version '{name}' (known versions: {known}, plus "
-            "logical versions registered by exports)"
-        )
-
-    def all_versions(self) -> dict[str, VersionSpec]:
-        """Declared versions, then registered logical versions (reads the staging root)."""
-        from imageindex.versions import registered_versions
-
-        return {**registered_versions(self), **self.versions}
-
-    @property
-    def store_uri(self) -> str:
-        return self.store.get("uri") or settings().store_uri
 
 
 @dataclass(frozen=True)
@@ -206,7 +144,68 @@ def _parse_dataset(
     if unknown:
         raise err(sorted(unknown)[0], f"unknown field (valid: {sorted(_DATASET_KEYS)})")
 
-    raw_versions = item.get("versions")
+    versions = _parse_versions(item.get("versions"), base_dir, err)
+
+    current = str(item.get("current_version") or list(versions)[-1])
+    if current not in versions:
+        raise err("current_version", f"'{current}' is not one of the versions {sorted(versions)}")
+
+    tagger, embedder, store = _parse_models(item, defaults, base_dir, err)
+
+    schedule = _parse_schedule(item.get("schedule"), err)
+
+    catchup = item.get("catchup", False)
+    if not isinstance(catchup, bool):
+        raise err("catchup", f"must be true or false (got {catchup!r})")
+    if catchup and not isinstance(schedule, str):
+        raise err("catchup", "needs a time schedule (a preset or cron expression)")
+
+    fingerprint = item.get("fingerprint", defaults.get("fingerprint", "stat"))
+    if fingerprint not in _FINGERPRINTS:
+        raise err("fingerprint", f"must be one of {sorted(_FINGERPRINTS)} (got {fingerprint!r})")
+
+    shard_size = item.get("shard_size", defaults.get("shard_size"))
+    if shard_size is not None and (not isinstance(shard_size, int) or shard_size < 1):
+        raise err("shard_size", f"must be a positive integer (got {shard_size!r})")
+
+    tags = item.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise err("tags", "must be a list of strings")
+
+    tasks = _parse_tasks(item.get("tasks") or {}, err)
+
+    feature_table = _parse_feature_table(
+        item.get("feature_table", defaults.get("feature_table")), base_dir, err
+    )
+
+    s3_conn_id = item.get("s3_conn_id", defaults.get("s3_conn_id"))
+    description = item.get("description") or ""
+    if not isinstance(description, str):
+        raise err("description", "must be a string")
+
+    return DatasetSpec(
+        id=ds_id,
+        versions=versions,
+        current_version=current,
+        description=description,
+        tagger=tagger,
+        embedder=embedder,
+        store=store,
+        schedule=schedule,
+        catchup=catchup,
+        fingerprint=fingerprint,
+        s3_conn_id=s3_conn_id,
+        shard_size=shard_size,
+        tags=tuple(tags),
+        tasks=tasks,
+        base_dir=base_dir,
+        feature_table=feature_table,
+        logical=STAGING_VERSIONS,
+    )
+
+
+def _parse_versions(raw_versions: Any, base_dir: Path, err) -> dict[str, VersionSpec]:
+    """``versions:`` of a dataset: name -> a source prefix, or ``{manifest: uri}``."""
     if not isinstance(raw_versions, dict) or not raw_versions:
         raise err("versions", "must be a non-empty mapping of version name -> {source: URI}")
     versions: dict[str, VersionSpec] = {}
@@ -230,10 +229,51 @@ def _parse_dataset(
             name=name,
             source=_normalize_source(source, base_dir, err(f"versions.{name}.source", "")),
         )
+    return versions
 
-    current = str(item.get("current_version") or list(versions)[-1])
-    if current not in versions:
-        raise err("current_version", f"'{current}' is not one of the versions {sorted(versions)}")
+
+def _parse_schedule(schedule: Any, err) -> str | tuple[str, ...] | None:
+    """``schedule:``: a preset or cron expression, ``{assets: [uri, ...]}``, or None."""
+    if isinstance(schedule, dict):
+        # {assets: [uri, ...]}: run once upstream DAGs have updated all of these Airflow assets
+        assets = schedule.get("assets")
+        if set(schedule) != {"assets"} or not isinstance(assets, list) or not assets:
+            raise err("schedule", "as a mapping it must be {assets: [asset uri, ...]}")
+        for a in assets:
+            if not isinstance(a, str) or "://" not in a:
+                raise err("schedule.assets", f"{a!r} is not an asset uri like s3://bucket/x")
+        schedule = tuple(assets)
+    elif schedule is not None:
+        schedule = str(schedule).strip()
+        if not (schedule in _SCHEDULE_PRESETS or len(schedule.split()) == 5):
+            raise err(
+                "schedule",
+                f"{schedule!r} is neither a preset ({sorted(_SCHEDULE_PRESETS)}) "
+                "nor a 5-field cron expression",
+            )
+    return schedule
+
+
+def _parse_tasks(tasks: Any, err) -> dict:
+    """``tasks:``: Airflow settings per stage (pool, queue, retries, ...)."""
+    if not isinstance(tasks, dict):
+        raise err("tasks", f"must map stage names {list(STAGES)} to task settings")
+    for stage, opts in tasks.items():
+        if stage not in STAGES:
+            raise err(f"tasks.{stage}", f"unknown stage (valid: {list(STAGES)})")
+        if not isinstance(opts, dict) or set(opts) - _TASK_KEYS:
+            raise err(f"tasks.{stage}", f"settings must be among {sorted(_TASK_KEYS)}")
+        for key in ("pool_slots", "retries", "execution_timeout_s"):
+            if key in opts and (not isinstance(opts[key], int) or opts[key] < 0):
+                raise err(f"tasks.{stage}.{key}", "must be a non-negative integer")
+        for key in ("pool", "queue"):
+            if key in opts and not (isinstance(opts[key], str) and opts[key]):
+                raise err(f"tasks.{stage}.{key}", "must be a non-empty string")
+    return tasks
+
+
+def _parse_models(item: dict, defaults: dict, base_dir: Path, err) -> tuple[dict, dict, dict]:
+    """(tagger, embedder, store) specs, defaults filled in and paths resolved."""
 
     def model_spec(key: str) -> dict:
         value = item.get(key, defaults.get(key, {"type": "offline"}))
@@ -256,90 +296,18 @@ def _parse_dataset(
     if tagger.get("definitions"):
         defs = Path(str(tagger["definitions"]))
         tagger["definitions"] = str(defs if defs.is_absolute() else base_dir / defs)
+    return tagger, model_spec("embedder"), store
 
-    schedule = item.get("schedule")
-    if isinstance(schedule, dict):
-        # {assets: [uri, ...]}: run once upstream DAGs have updated all of these Airflow assets
-        assets = schedule.get("assets")
-        if set(schedule) != {"assets"} or not isinstance(assets, list) or not assets:
-            raise err("schedule", "as a mapping it must be {assets: [asset uri, ...]}")
-        for a in assets:
-            if not isinstance(a, str) or "://" not in a:
-                raise err("schedule.assets", f"{a!r} is not an asset uri like s3://bucket/x")
-        schedule = tuple(assets)
-    elif schedule is not None:
-        schedule = str(schedule).strip()
-        if not (schedule in _SCHEDULE_PRESETS or len(schedule.split()) == 5):
-            raise err(
-                "schedule",
-                f"{schedule!r} is neither a preset ({sorted(_SCHEDULE_PRESETS)}) "
-                "nor a 5-field cron expression",
-            )
 
-    catchup = item.get("catchup", False)
-    if not isinstance(catchup, bool):
-        raise err("catchup", f"must be true or false (got {catchup!r})")
-    if catchup and not isinstance(schedule, str):
-        raise err("catchup", "needs a time schedule (a preset or cron expression)")
-
-    fingerprint = item.get("fingerprint", defaults.get("fingerprint", "stat"))
-    if fingerprint not in _FINGERPRINTS:
-        raise err("fingerprint", f"must be one of {sorted(_FINGERPRINTS)} (got {fingerprint!r})")
-
-    shard_size = item.get("shard_size", defaults.get("shard_size"))
-    if shard_size is not None and (not isinstance(shard_size, int) or shard_size < 1):
-        raise err("shard_size", f"must be a positive integer (got {shard_size!r})")
-
-    tags = item.get("tags") or []
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise err("tags", "must be a list of strings")
-
-    tasks = item.get("tasks") or {}
-    if not isinstance(tasks, dict):
-        raise err("tasks", f"must map stage names {list(STAGES)} to task settings")
-    for stage, opts in tasks.items():
-        if stage not in STAGES:
-            raise err(f"tasks.{stage}", f"unknown stage (valid: {list(STAGES)})")
-        if not isinstance(opts, dict) or set(opts) - _TASK_KEYS:
-            raise err(f"tasks.{stage}", f"settings must be among {sorted(_TASK_KEYS)}")
-        for key in ("pool_slots", "retries", "execution_timeout_s"):
-            if key in opts and (not isinstance(opts[key], int) or opts[key] < 0):
-                raise err(f"tasks.{stage}.{key}", "must be a non-negative integer")
-        for key in ("pool", "queue"):
-            if key in opts and not (isinstance(opts[key], str) and opts[key]):
-                raise err(f"tasks.{stage}.{key}", "must be a non-empty string")
-
-    feature_table = item.get("feature_table", defaults.get("feature_table"))
+def _parse_feature_table(feature_table: Any, base_dir: Path, err) -> str | None:
+    """``feature_table:``: a folder or ``s3://`` root, false (off: ""), or None (the default)."""
     if feature_table is False:
         feature_table = ""
     elif feature_table is not None:
         if not isinstance(feature_table, str) or not feature_table.strip():
             raise err("feature_table", "must be a folder, s3://bucket/prefix, or false (off)")
         feature_table = _normalize_source(feature_table, base_dir, err("feature_table", ""))
-
-    s3_conn_id = item.get("s3_conn_id", defaults.get("s3_conn_id"))
-    description = item.get("description") or ""
-    if not isinstance(description, str):
-        raise err("description", "must be a string")
-
-    return DatasetSpec(
-        id=ds_id,
-        versions=versions,
-        current_version=current,
-        description=description,
-        tagger=tagger,
-        embedder=model_spec("embedder"),
-        store=store,
-        schedule=schedule,
-        catchup=catchup,
-        fingerprint=fingerprint,
-        s3_conn_id=s3_conn_id,
-        shard_size=shard_size,
-        tags=tuple(tags),
-        tasks=tasks,
-        base_dir=base_dir,
-        feature_table=feature_table,
-    )
+    return feature_table
 
 
 def _resolve_uri(value: str, base_dir: Path) -> str:

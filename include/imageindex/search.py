@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from imageindex.errors import ConfigError, EmptyIndexError, ModelMismatchError
-from imageindex.registry import DatasetSpec, load_registry
+from imageindex.registry import load_registry
+from imageindex.specs import DatasetSpec
 from imageindex.types import Hit, doc_id
 
 MAX_TOP_K = 1000
@@ -101,11 +102,11 @@ def _embed_image_bytes(embedder, data: bytes, name: str) -> np.ndarray:
 
 
 def query_vector(ds: DatasetSpec, req: SearchRequest, store=None, version=None):
-    from imageindex.pipeline import embedder_for
+    from imageindex.embedders import get_embedder
 
     if not req.has_vector_query:
         return None
-    embedder = embedder_for(ds)
+    embedder = get_embedder(ds.embedder)
     if req.text is not None:
         return embedder.embed_texts([req.text.strip()])[0]
     if req.image_bytes is not None:
@@ -189,7 +190,7 @@ def iter_hits(
 
 def _prepare(req: SearchRequest, registry_path: str | None):
     """(dataset, store, query vector or None, filter AST or None) of a validated request."""
-    from imageindex.pipeline import embedder_for
+    from imageindex.embedders import get_embedder
     from imageindex.stores import open_store
     from imageindex.stores.base import Filter
 
@@ -206,7 +207,7 @@ def _prepare(req: SearchRequest, registry_path: str | None):
         )
     vector = None
     if req.has_vector_query:
-        embedder = embedder_for(ds)
+        embedder = get_embedder(ds.embedder)
         if info.get("model") not in (None, embedder.name) or info.get("dim") != embedder.dim:
             raise ModelMismatchError(
                 f"dataset '{ds.id}' is indexed with {info.get('model')} ({info.get('dim')} dims) "

@@ -9,33 +9,19 @@ are read only when a version is asked for by name, so parsing DAG files does no 
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
-from imageindex.config import settings
 from imageindex.errors import RegistryError
-
-if TYPE_CHECKING:
-    from imageindex.registry import DatasetSpec, VersionSpec
-
-_VERSION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-def _staging(dataset: DatasetSpec):
-    from imageindex.staging import open_staging
-
-    return open_staging(
-        settings().staging_root, s3_conn_id=dataset.s3_conn_id or settings().s3_conn_id
-    )
+from imageindex.layout import StagingLayout, open_dataset_staging
+from imageindex.specs import VERSION_NAME_RE, DatasetSpec, VersionSpec
 
 
 def _record_uri(dataset_id: str, name: str) -> str:
-    return f"{settings().staging_root.rstrip('/')}/versions/{dataset_id}/{name}.json"
+    return StagingLayout.current().version_record(dataset_id, name)
 
 
 def check_version_name(name: str) -> str:
-    if not isinstance(name, str) or not _VERSION_RE.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not VERSION_NAME_RE.match(name) or name in (".", ".."):
         raise RegistryError(f"version name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
     return name
 
@@ -54,15 +40,13 @@ def register_version(
     A name the registry YAML already declares is refused; so is an already registered one
     unless ``replace``.
     """
-    from imageindex.registry import VersionSpec
-
     check_version_name(name)
     if name in dataset.versions:
         raise RegistryError(
             f"dataset '{dataset.id}' already declares version '{name}' in the registry; "
             "pick another name"
         )
-    staging = _staging(dataset)
+    staging = open_dataset_staging(dataset)
     uri = _record_uri(dataset.id, name)
     if not replace and staging.exists(uri):
         raise RegistryError(
@@ -83,13 +67,11 @@ def register_version(
 
 def lookup_registered(dataset: DatasetSpec, name: str) -> VersionSpec | None:
     """The registered version ``name`` of ``dataset``, or None."""
-    from imageindex.registry import VersionSpec
-
     try:
         check_version_name(name)
     except RegistryError:
         return None
-    staging = _staging(dataset)
+    staging = open_dataset_staging(dataset)
     uri = _record_uri(dataset.id, name)
     try:
         record = staging.read_json(uri)
@@ -100,10 +82,8 @@ def lookup_registered(dataset: DatasetSpec, name: str) -> VersionSpec | None:
 
 def registered_versions(dataset: DatasetSpec) -> dict[str, VersionSpec]:
     """Every registered version of ``dataset`` by name (empty when there is none)."""
-    from imageindex.registry import VersionSpec
-
-    staging = _staging(dataset)
-    folder = f"{settings().staging_root.rstrip('/')}/versions/{dataset.id}"
+    staging = open_dataset_staging(dataset)
+    folder = StagingLayout.current().versions(dataset.id)
     out: dict[str, VersionSpec] = {}
     try:
         uris = sorted(staging.list(folder))
@@ -117,3 +97,17 @@ def registered_versions(dataset: DatasetSpec) -> dict[str, VersionSpec]:
             name=record["version"], source=record["manifest"], manifest=True
         )
     return out
+
+
+class StagingVersions:
+    """The :class:`~imageindex.specs.LogicalVersions` the registry loader gives every dataset:
+    records under ``<staging>/versions/``, read only when a version is asked for by name."""
+
+    def lookup(self, dataset: DatasetSpec, name: str) -> VersionSpec | None:
+        return lookup_registered(dataset, name)
+
+    def all(self, dataset: DatasetSpec) -> dict[str, VersionSpec]:
+        return registered_versions(dataset)
+
+
+STAGING_VERSIONS = StagingVersions()

@@ -1,8 +1,8 @@
 """What the routes need from the imageindex library for one dataset: its store, a document by
 id, its S3 connection and its staging locations (whole staging, thumbnails, exports).
 
-The one place in the plugin that knows where these live, so the routes never build a staging
-path or pick a connection themselves. The library is imported inside the functions: the
+The routes ask this module, and it asks :mod:`imageindex.layout` (the library's one owner of
+staging paths and connection ids), so neither builds a staging path or picks a connection. The library is imported inside the functions: the
 plugin loader imports this module in every Airflow process.
 """
 
@@ -26,29 +26,27 @@ def get_document(ds, doc_id: str) -> dict:
 
 
 def s3_conn_id(ds) -> str:
-    from imageindex.config import settings
+    from imageindex.layout import s3_conn_id as conn_of
 
-    return ds.s3_conn_id or settings().s3_conn_id
+    return conn_of(ds)
 
 
 def staging_of(ds):
     """The staging location (runs, leases, exports), opened with the dataset's S3 connection."""
-    from imageindex.config import settings
-    from imageindex.staging import open_staging
+    from imageindex.layout import open_dataset_staging
 
-    return open_staging(settings().staging_root, s3_conn_id=s3_conn_id(ds))
+    return open_dataset_staging(ds)
 
 
 def thumbnails_of(ds):
     """The dataset's thumbnails in staging; reading a uri outside them is refused."""
-    from imageindex.pipeline import thumbnails_root
-    from imageindex.staging import open_staging
+    from imageindex.layout import StagingLayout, open_dataset_staging
 
-    return open_staging(thumbnails_root(ds.id), s3_conn_id=s3_conn_id(ds))
+    return open_dataset_staging(ds, StagingLayout.current().thumbnails(ds.id))
 
 
 def exports_dir(ds) -> str:
     """Where the dataset's export files go: ``<staging>/exports/<dataset>``."""
-    from imageindex.config import settings
+    from imageindex.layout import StagingLayout
 
-    return f"{settings().staging_root.rstrip('/')}/exports/{ds.id}"
+    return StagingLayout.current().exports(ds.id)

@@ -1,8 +1,9 @@
 """Runs of a dataset version's index DAG as the View Data page shows them: files done per stage
 while a run is in flight, its report afterwards.
 
-Everything is read from the staging location the pipeline writes (its layout is in the
-docstring of :mod:`imageindex.pipeline`), so it works the same under any executor:
+Everything is read from the staging location the pipeline writes, at the paths
+:mod:`imageindex.layout` gives (the library's one owner of them), so it works the same under any
+executor:
 
 - ``runs/<dataset>/<version>/<run>/plan.json``: the run id, when it started, and the shard
   manifests; shard ``i`` holds files ``i * shard_size`` to ``(i + 1) * shard_size`` of the
@@ -24,12 +25,20 @@ from __future__ import annotations
 import re
 import time
 
-#: Shard stages in DAG order, each with the file it leaves in the shard's folder when done.
-STAGE_OUTPUTS = (
-    ("preprocess", "preprocessed.parquet"),
-    ("tag_embed", "features.parquet"),
-    ("upsert", "upserted.json"),
-)
+
+def _layout(staging):
+    from imageindex.layout import StagingLayout
+
+    return StagingLayout(staging.root)
+
+
+def _stage_outputs() -> tuple[tuple[str, str], ...]:
+    """Shard stages in DAG order, each with the file it leaves in the shard's folder when done."""
+    from imageindex.layout import SHARD_OUTPUTS
+
+    return SHARD_OUTPUTS
+
+
 #: What the page shows of a finished run's report.
 REPORT_KEYS = (
     "listed",
@@ -60,10 +69,10 @@ def _run_order(name: str) -> tuple[str, str]:
 
 def _lease_holder(staging, dataset_id: str, version: str, now: float) -> str | None:
     """The staging folder name of the run holding the version's lease, if one does."""
-    from imageindex.pipeline import safe_run_name
+    from imageindex.layout import safe_run_name
 
     try:
-        lease = staging.read_json(staging.join("leases", dataset_id, f"{version}.json"))
+        lease = staging.read_json(_layout(staging).lease(dataset_id, version))
     except FileNotFoundError:
         return None
     if not lease.get("run_id") or lease.get("expires_at", 0) <= now:
@@ -98,13 +107,15 @@ def _stages(plan: dict | None, files: set[str]) -> list[dict]:
     if plan is None:
         return [
             {"stage": stage, "done": 0, "total": 0, "shards_done": 0, "shards": 0}
-            for stage, _ in STAGE_OUTPUTS
+            for stage, _ in _stage_outputs()
         ]
     sizes = _shard_files(plan)
+    from imageindex.layout import ShardFolder
+
     # "<run_dir>/shards/00000/manifest.parquet" -> "shards/00000"
-    folders = ["/".join(uri.rsplit("/", 3)[-3:-1]) for uri in plan["shards"]]
+    folders = [ShardFolder.of(uri).relative for uri in plan["shards"]]
     out = []
-    for stage, output in STAGE_OUTPUTS:
+    for stage, output in _stage_outputs():
         done = [f"{folder}/{output}" in files for folder in folders]
         out.append(
             {
@@ -130,13 +141,14 @@ def _failed_filter(version: str, plan: dict | None, report: dict) -> dict | None
     return {"version": version, "dsl": dsl}
 
 
-def describe(
-    staging, root: str, name: str, files: set[str], version: str, holder: str | None
-) -> dict:
-    """One run: its state, files done per stage, and its report once finished."""
-    base = f"{root.rstrip('/')}/{name}"
-    plan = staging.read_json(f"{base}/plan.json") if "plan.json" in files else None
-    report = staging.read_json(f"{base}/report.json") if "report.json" in files else None
+def describe(staging, folder, files: set[str], version: str, holder: str | None) -> dict:
+    """One run (its :class:`~imageindex.layout.RunFolder`): its state, files done per stage,
+    and its report once finished."""
+    from imageindex.layout import PLAN_FILE, REPORT_FILE
+
+    name = folder.name
+    plan = staging.read_json(folder.plan) if PLAN_FILE in files else None
+    report = staging.read_json(folder.report) if REPORT_FILE in files else None
     if report is not None:
         state = "finished"
     elif holder == name:
@@ -161,23 +173,26 @@ def describe(
 
 def list_runs(staging, dataset_id: str, version: str, *, limit: int) -> list[dict]:
     """The version's runs, the one in flight first, then newest first (one listing)."""
-    root = staging.join("runs", dataset_id, version)
-    by_run = _files_by_run(staging, root)
+    layout = _layout(staging)
+    by_run = _files_by_run(staging, layout.runs(dataset_id, version))
     holder = _lease_holder(staging, dataset_id, version, time.time())
     names = sorted(by_run, key=_run_order, reverse=True)
     if holder in by_run:
         names = [holder, *(n for n in names if n != holder)]
-    return [describe(staging, root, n, by_run[n], version, holder) for n in names[:limit]]
+    return [
+        describe(staging, layout.run_named(dataset_id, version, n), by_run[n], version, holder)
+        for n in names[:limit]
+    ]
 
 
 def get_run(staging, dataset_id: str, version: str, name: str) -> dict | None:
     """One run by its staging folder name; None when there is no such folder."""
-    root = staging.join("runs", dataset_id, version)
-    files = _relative_files(staging, staging.join("runs", dataset_id, version, name))
+    folder = _layout(staging).run_named(dataset_id, version, name)
+    files = _relative_files(staging, folder.uri)
     if not files:
         return None
     holder = _lease_holder(staging, dataset_id, version, time.time())
-    return describe(staging, root, name, files, version, holder)
+    return describe(staging, folder, files, version, holder)
 
 
 def last_report(staging, dataset_id: str, version: str, *, read: int = 10) -> dict | None:
@@ -186,11 +201,14 @@ def last_report(staging, dataset_id: str, version: str, *, read: int = 10) -> di
     One listing; of the ``read`` newest runs by run id that have a report, the one that
     finished last wins (run ids can be written in several ways, finish times cannot).
     """
-    root = staging.join("runs", dataset_id, version)
-    names = [n for n, files in _files_by_run(staging, root).items() if "report.json" in files]
+    from imageindex.layout import REPORT_FILE
+
+    layout = _layout(staging)
+    by_run = _files_by_run(staging, layout.runs(dataset_id, version))
+    names = [n for n, files in by_run.items() if REPORT_FILE in files]
     best = None
     for name in sorted(names, key=_run_order, reverse=True)[:read]:
-        report = staging.read_json(f"{root.rstrip('/')}/{name}/report.json")
+        report = staging.read_json(layout.run_named(dataset_id, version, name).report)
         if best is None or str(report.get("finished_at")) > str(best.get("finished_at")):
             best = {**report, "run": name}
     return best

@@ -172,7 +172,7 @@ class CeleryCluster(AirflowCluster):
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_S),
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
             "IMAGEINDEX_RETRY_DELAY_S": "1",
-            # The tests' fault hook (pipeline._fault_point), read by every task.
+            # The tests' fault hook (pipeline.fault_point), read by every task.
             "IMAGEINDEX_FAULT_FILE": str(var_dir / "fault.json"),
             # The scheduler's health server (on by docker/airflow.env) on loopback, free port.
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
