@@ -1,5 +1,10 @@
 """``make demo``: collect the sample photos, index them with the DAG on a local Airflow
-(SQLite, ``dag.test()``), then print a few text searches."""
+(SQLite, ``dag.test()``), print a few text searches, then the commands to try next.
+
+The next commands need no environment variables: run from the checkout, the CLI finds
+``config/registry.yaml`` and the state folder it names (``home: ../var``). They are also in
+README.md, whose shell examples ``tests/test_readme.py`` runs against such an index.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from airflow_local import REPO, airflow_env, run_dag  # noqa: E402
 
 QUERIES = ["a cat", "a cup of coffee", "a dog", "a bedroom", "a motorcycle"]
+# Printed at the end, pasted as they are in the checkout (README.md shows the same lines).
+NEXT_COMMANDS = [
+    '.venv/bin/imageindex search --dataset samples --text "a cup of coffee" --top-k 5 --json',
+    ".venv/bin/imageindex search --dataset samples --image var/samples/skimage/chelsea.png",
+    ".venv/bin/imageindex search --dataset samples --dsl 'tags:Animal AND width >= 256'",
+    ".venv/bin/imageindex datasets",
+]
+
+
+def next_commands(var: Path) -> list[str]:
+    """NEXT_COMMANDS, with ``IMAGEINDEX_HOME=…`` in front when the demo's state is not the
+    registry's ``home`` (``var/``), so they still find it."""
+    if var.absolute() == (REPO / "var").absolute():
+        return list(NEXT_COMMANDS)
+    return [f"IMAGEINDEX_HOME={var} {c}" for c in NEXT_COMMANDS]
 
 
 def main() -> int:
@@ -46,6 +66,10 @@ def main() -> int:
         env=env,
         check=True,
     )
+    print(f"\nNext, in {REPO} (the venv's `imageindex`; no environment variables needed):")
+    for command in next_commands(var):
+        print(f"  {command}")
+    print("More in README.md (search, export, the notebook API: imageindex.search(...)).")
     return 0
 
 

@@ -86,8 +86,8 @@ def load_registry(path: str | Path | None = None) -> Registry:
     path = Path(path) if path else settings().registry_path
     if not path.is_file():
         raise RegistryError(
-            f"{path}: dataset registry not found; create it or set IMAGEINDEX_REGISTRY "
-            "(see README, 'Adding a dataset')"
+            f"{path}: dataset registry not found; create it, set IMAGEINDEX_REGISTRY or run "
+            "from a checkout with config/registry.yaml (see README, 'Adding a dataset')"
         )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -102,7 +102,8 @@ def parse_registry(raw: Any, *, path: Path) -> Registry:
         raw = {}
     if not isinstance(raw, dict):
         raise RegistryError(f"{path}: top level must be a mapping with 'datasets'")
-    unknown = set(raw) - {"defaults", "datasets"}
+    # home: where this project's local state lives; read by config.settings(), not here
+    unknown = set(raw) - {"home", "defaults", "datasets"}
     if unknown:
         raise RegistryError(f"{path}: unknown top-level field(s) {sorted(unknown)}")
     defaults = raw.get("defaults") or {}
