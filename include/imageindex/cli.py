@@ -16,10 +16,9 @@ EXIT_USAGE = 2
 
 
 def _tags(values: list[str] | None) -> list[str]:
-    out: list[str] = []
-    for v in values or []:
-        out.extend(t.strip() for t in v.split(",") if t.strip())
-    return out
+    from imageindex.notebook import split_tags
+
+    return split_tags(values)
 
 
 def _query_args(s: argparse.ArgumentParser) -> None:

@@ -9,6 +9,8 @@ higher is closer, on every store.
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,3 +222,16 @@ def _prepare(req: SearchRequest, registry_path: str | None):
 def search(req: SearchRequest, *, registry_path: str | None = None) -> list[Hit]:
     """The first page of hits (see :func:`run_search` for cursors)."""
     return run_search(req, registry_path=registry_path).hits
+
+
+class _CallableModule(types.ModuleType):
+    """``imageindex.search(dataset, text=...)``, the notebook API, is this module called: a
+    function of that name in the package would be shadowed by the module on its first import."""
+
+    def __call__(self, *args, **kwargs):
+        from imageindex.notebook import search as notebook_search
+
+        return notebook_search(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -100,3 +100,37 @@ def write_report(out_dir: str | Path, set_info: dict, summaries: Sequence[dict])
 def summary_numbers(summary: dict[str, Any]) -> dict[str, Any]:
     """A model summary without its per-image failure messages: small enough for XCom."""
     return {k: v for k, v in summary.items() if k != "failures"}
+
+
+def summary_frame(report: dict | str | Path):
+    """An evaluation summary as a pandas DataFrame, one row per model (the index): ``images``,
+    ``failed_images``, ``tags``, ``P@K`` (mean precision) and ``tags@K`` (tags counted at K) for
+    each K, and ``seconds``. ``report`` is what :func:`write_report` returns (or its
+    ``"report"``), ``summary.json``, or the folder holding it."""
+    import pandas as pd
+
+    if isinstance(report, (str, Path)):
+        path = Path(report)
+        path = path / SUMMARY_FILE if path.is_dir() else path
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: not an evaluation summary ({exc})") from None
+    report = report.get("report", report)
+    if not isinstance(report.get("models"), dict) or "ks" not in report:
+        raise ConfigError("not an evaluation summary: it needs 'ks' and 'models'")
+    rows = []
+    for label, s in report["models"].items():
+        row = {
+            "model": label,
+            "images": s.get("images"),
+            "failed_images": s.get("failed_images", 0),
+            "tags": s.get("tags"),
+        }
+        for k in report["ks"]:
+            row[f"P@{k}"] = s["precision"].get(str(k))
+        for k in report["ks"]:
+            row[f"tags@{k}"] = s.get("tags_counted", {}).get(str(k), 0)
+        row["seconds"] = s.get("seconds", {}).get("total")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model")
