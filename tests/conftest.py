@@ -67,7 +67,22 @@ def opensearch_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if reason:
         pytest.skip(f"no OPENSEARCH_URL and no local node: {reason}")
     node = opensearch_node.start(tmp_path_factory.mktemp("opensearch"))
+    _OPENSEARCH_NODE.update(start_s=node.start_seconds, rss_start=node.rss_bytes())
     try:
         yield node.url
     finally:
+        _OPENSEARCH_NODE["rss_end"] = node.rss_bytes()
         node.stop()
+
+
+#: What the session's OpenSearch node cost, for the summary at the end of the run.
+_OPENSEARCH_NODE: dict = {}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _OPENSEARCH_NODE:
+        mib = {k: (v or 0) / 2**20 for k, v in _OPENSEARCH_NODE.items() if k.startswith("rss")}
+        terminalreporter.write_line(
+            f"OpenSearch test node: ready in {_OPENSEARCH_NODE['start_s']:.1f}s, resident "
+            f"{mib.get('rss_start', 0):.0f} MiB at start, {mib.get('rss_end', 0):.0f} MiB at the end"
+        )
