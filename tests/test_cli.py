@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from demo_project import as_newcomer
 from imagezoo import make_photo
 from test_export import indexed  # noqa: F401  (fixture)
 
@@ -101,3 +102,53 @@ def test_export_and_logical_version_from_the_cli(indexed, capsys):  # noqa: F811
     assert lines[0][:3] == ["t", "picked ", "4"] and lines[0][3].startswith("manifest:")
     code, _, err = run(capsys, "export", "--dataset", "t", "--to", str(indexed["tmp"] / "x.txt"))
     assert code == 2 and "cannot tell the manifest format" in err
+
+
+@pytest.fixture
+def checkout(tmp_path, monkeypatch):
+    """A project folder with config/registry.yaml naming its state folder; no settings set."""
+    as_newcomer(monkeypatch, tmp_path)
+    (tmp_path / "config").mkdir()
+    reg = tmp_path / "config" / "registry.yaml"
+    reg.write_text("home: ../state\ndatasets: []\n", encoding="utf-8")
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    return tmp_path
+
+
+def test_registry_and_home_found_from_the_checkout_or_below(checkout, monkeypatch):
+    from imageindex.config import settings
+
+    for cwd in (checkout, checkout / "a" / "b"):
+        monkeypatch.chdir(cwd)
+        s = settings()
+        assert s.registry_path == checkout / "config" / "registry.yaml"
+        assert s.home == checkout / "state" and s.staging_root == str(checkout / "state/staging")
+
+
+def test_set_variables_win_over_discovery(checkout, monkeypatch, tmp_path_factory):
+    from imageindex.config import settings
+
+    monkeypatch.chdir(checkout / "a")
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    monkeypatch.setenv("IMAGEINDEX_HOME", str(elsewhere))
+    # HOME set, no registry in it: the checkout's registry, state in HOME
+    assert settings().registry_path == checkout / "config" / "registry.yaml"
+    assert settings().home == elsewhere
+    (elsewhere / "registry.yaml").write_text("datasets: []\n", encoding="utf-8")
+    assert settings().registry_path == elsewhere / "registry.yaml"
+    monkeypatch.setenv("IMAGEINDEX_REGISTRY", str(elsewhere / "other.yaml"))
+    assert settings().registry_path == elsewhere / "other.yaml"
+
+
+def test_no_registry_anywhere_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    as_newcomer(monkeypatch, tmp_path)
+    code, _, err = run(capsys, "datasets")
+    assert code == 2 and f"{tmp_path}/.imageindex/registry.yaml" in err
+    assert "config/registry.yaml" in err and len(err.strip().splitlines()) == 1
+
+
+def test_registry_home_must_be_a_path(checkout, monkeypatch, capsys):
+    (checkout / "config" / "registry.yaml").write_text("home: [1]\ndatasets: []\n")
+    monkeypatch.chdir(checkout)
+    code, _, err = run(capsys, "datasets")
+    assert code == 2 and "field 'home' must be a path" in err
