@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
-from demo_project import as_newcomer
+from demo_project import as_newcomer, demo_project, newcomer_env  # noqa: F401
 from imagezoo import make_photo
 from test_export import indexed  # noqa: F401  (fixture)
 
@@ -152,3 +154,47 @@ def test_registry_home_must_be_a_path(checkout, monkeypatch, capsys):
     monkeypatch.chdir(checkout)
     code, _, err = run(capsys, "datasets")
     assert code == 2 and "field 'home' must be a path" in err
+
+
+CHILD = """
+import json, sys
+from imageindex.cli import main
+code = main(sys.argv[2:])
+from lance_namespace_urllib3_client.models.create_table_request import CreateTableRequest
+from pydantic._internal._config import config_defaults
+json.dump({"code": code, "modules": sorted({m.split(".")[0] for m in sys.modules}),
+           "lancedb_client_deferred": not CreateTableRequest.__pydantic_complete__,
+           "pydantic_default_restored": config_defaults["defer_build"] is False},
+          open(sys.argv[1], "w"))
+"""
+
+
+@pytest.mark.parametrize(
+    "query, uses",
+    [
+        (["--text", "a cup of coffee"], {"onnxruntime", "tokenizers"}),
+        (["--image", "var/samples/skimage/chelsea.png"], {"onnxruntime", "PIL"}),
+        (["--tags-any", "Animal", "--dsl", "width >= 256"], set()),
+    ],
+    ids=["text", "image", "filter"],
+)
+def test_search_imports_only_what_it_uses(demo_project, tmp_path, query, uses):  # noqa: F811
+    """A cold ``imageindex search`` never loads the indexing side (torch, transformers), S3
+    clients or Airflow, nor a model or PIL it does not need; lancedb's REST client is imported
+    with pydantic's deferred build (it is never called for a local table)."""
+    report = tmp_path / "modules.json"
+    argv = ["search", "--dataset", "samples", "--top-k", "3", *query]
+    subprocess.run(
+        [sys.executable, "-c", CHILD, str(report), *argv],
+        cwd=demo_project,
+        env=newcomer_env(),
+        check=True,
+        capture_output=True,
+    )
+    got = json.loads(report.read_text())
+    modules = set(got["modules"])
+    assert got["code"] == 0
+    unwanted = {"torch", "transformers", "sentence_transformers", "boto3", "botocore", "airflow"}
+    assert not modules & unwanted
+    assert uses <= modules and not ({"onnxruntime", "PIL", "tokenizers"} - uses) & modules
+    assert got["lancedb_client_deferred"] and got["pydantic_default_restored"]
