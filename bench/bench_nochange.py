@@ -55,7 +55,7 @@ def child(cfg: dict) -> dict:
     t0 = time.perf_counter()
     set_env(Path(cfg["tmp"]), Path(cfg["registry"]))
     from imageindex import pipeline
-    from imageindex.stores import lancedb_store  # noqa: F401  (import_seconds covers lancedb)
+    from imageindex.stores import lancedb  # noqa: F401  (import_seconds covers lancedb)
 
     import_s = time.perf_counter() - t0
     secs: Counter = Counter()

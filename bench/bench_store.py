@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from imageindex.stores import Filter
-from imageindex.stores.lancedb_store import LanceDBStore
+from imageindex.stores.lancedb import LanceDBStore
 from imageindex.stores.schema import STATUS_OK, document_schema
 from imageindex.types import doc_id
 

@@ -244,7 +244,7 @@ def build_index(
     as finalize would, so the table looks like one a previous run left behind."""
     from imageindex.pipeline import current_definitions_hash
     from imageindex.registry import load_registry
-    from imageindex.stores.lancedb_store import LanceDBStore
+    from imageindex.stores.lancedb import LanceDBStore
 
     spec = load_registry().get(DATASET)
     dhash = current_definitions_hash(spec)

@@ -19,14 +19,8 @@ LIBRARY = ROOT / "include"
 PLUGIN = ROOT / "plugins"
 
 #: Cycles known and being removed, by name; each entry must still be a cycle (delete it when
-#: it is gone). The LanceDB store imports ``imageindex.query`` (whose ``__init__`` imports
-#: ``query.lancedb``) and ``query.lancedb`` imports the store: the LanceDB compiler moves next
-#: to the LanceDB store and ``query/`` imports no store (issue 12, the stores/query change).
-KNOWN_CYCLES = {
-    "query/lancedb <-> stores/lancedb_store": frozenset(
-        {"imageindex.query", "imageindex.query.lancedb", "imageindex.stores.lancedb_store"}
-    ),
-}
+#: it is gone).
+KNOWN_CYCLES: dict[str, frozenset[str]] = {}
 
 #: The write side: the indexing pipeline.
 WRITE_SIDE = "imageindex.pipeline"

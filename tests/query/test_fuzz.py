@@ -21,14 +21,14 @@ from imageindex.query import (
     Or,
     Prefix,
     QueryError,
-    compile_lancedb,
-    compile_opensearch,
     lookup,
     parse,
     to_text,
     validate,
 )
 from imageindex.query.fields import day_bounds, unique_specs
+from imageindex.stores.lancedb import compile_lancedb
+from imageindex.stores.opensearch import compile_opensearch
 
 from .test_lancedb_compiler import FIELDS, make_table
 

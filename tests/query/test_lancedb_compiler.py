@@ -13,15 +13,19 @@ from imageindex.query import (
     FieldSpec,
     FieldType,
     QueryError,
-    compile_lancedb,
     extend_fields,
     from_filter,
     parse,
     simple_filter,
 )
-from imageindex.query.lancedb import like_escape, literal
 from imageindex.stores.base import Filter
-from imageindex.stores.lancedb_store import SCALAR_INDEXES, compile_filter
+from imageindex.stores.lancedb import (
+    SCALAR_INDEXES,
+    compile_filter,
+    compile_lancedb,
+    like_escape,
+    literal,
+)
 from imageindex.stores.schema import document_schema
 
 DIM = 4

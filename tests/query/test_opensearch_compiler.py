@@ -10,11 +10,10 @@ import pytest
 from imageindex.query import (
     Compare,
     QueryError,
-    compile_opensearch,
     parse,
     simple_filter,
 )
-from imageindex.query.opensearch import case_insensitive, wildcard_escape
+from imageindex.stores.opensearch import case_insensitive, compile_opensearch, wildcard_escape
 
 from .test_lancedb_compiler import CASES, FIELDS
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from imageindex.stores.lancedb_store import DOC_COLUMNS, LanceDBStore
+from imageindex.stores.lancedb import DOC_COLUMNS, LanceDBStore
 
 from .test_lancedb import DIM, DS, MODEL, make_rows
 

@@ -42,7 +42,7 @@ class LanceBackend:
         self.path = str(tmp_path / "lancedb")
 
     def make_store(self):
-        from imageindex.stores.lancedb_store import LanceDBStore
+        from imageindex.stores.lancedb import LanceDBStore
 
         return LanceDBStore(self.path)
 

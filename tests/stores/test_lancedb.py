@@ -10,7 +10,7 @@ import pytest
 
 from imageindex.errors import ConfigError, EmptyIndexError, ModelMismatchError, StoreError
 from imageindex.stores import Filter, open_store, resolve_store_uri
-from imageindex.stores.lancedb_store import LanceDBStore, compile_filter, sql_string
+from imageindex.stores.lancedb import LanceDBStore, compile_filter, sql_string
 from imageindex.stores.schema import STATE_COLUMNS, STATUS_FAILED, STATUS_OK, document_schema
 from imageindex.types import doc_id
 
@@ -494,9 +494,9 @@ def test_vector_index_and_selective_filter_fallback(tmp_path):
 def test_optimize_adds_index_segments_then_rebuilds(tmp_path, monkeypatch):
     """New rows are indexed as added segments (the trained partitions stay: Table.optimize's
     merge collapsed them to one and cut recall); too many segments trigger one full rebuild."""
-    from imageindex.stores import lancedb_store
+    from imageindex.stores.lancedb import indexes
 
-    monkeypatch.setattr(lancedb_store, "MAX_INDEX_SEGMENTS", 3)
+    monkeypatch.setattr(indexes, "MAX_INDEX_SEGMENTS", 3)
     s = LanceDBStore(str(tmp_path), index_min_rows=256, index_partitions=4)
     s.ensure_table(DS, model=MODEL, dim=16)
     rng = np.random.default_rng(5)

@@ -1,11 +1,12 @@
-"""The search query language: one parser, one AST, one compiler per store.
+"""The search query language: one parser, one AST, the fields; no store.
 
 >>> node = parse("tags:[cat, dog] AND width >= 640 AND NOT HAS tags.user")
 >>> to_text(node)
 'tags:[cat, dog] AND width >= 640 AND NOT HAS tags.user'
 
-``compile_lancedb(node)`` gives a LanceDB WHERE string, ``compile_opensearch(node)`` an
-OpenSearch query clause; ``simple_filter(...)`` builds the same AST from the simple search form.
+Each store compiles the AST itself (:mod:`imageindex.stores.lancedb.compile` to a LanceDB WHERE
+string, :mod:`imageindex.stores.opensearch.compile` to an OpenSearch query clause);
+``simple_filter(...)`` builds the same AST from the simple search form.
 The language is described in docs/query-language.md.
 """
 
@@ -33,8 +34,6 @@ from imageindex.query.fields import (
     field_table,
     lookup,
 )
-from imageindex.query.lancedb import compile_lancedb
-from imageindex.query.opensearch import compile_opensearch
 from imageindex.query.parser import (
     MAX_DEPTH,
     MAX_QUERY_LENGTH,
@@ -64,8 +63,6 @@ __all__ = [
     "Scalar",
     "Value",
     "combine",
-    "compile_lancedb",
-    "compile_opensearch",
     "extend_fields",
     "field_table",
     "from_filter",

@@ -55,7 +55,7 @@ def open_store(uri: str | None = None, *, spec: dict | None = None) -> VectorSto
     ``uri`` wins over ``spec["uri"]``; the spec's other keys (``storage_options`` for S3
     credentials and endpoint, index settings) are passed to the store.
     """
-    from imageindex.stores.lancedb_store import LanceDBStore
+    from imageindex.stores.lancedb import LanceDBStore
 
     spec = dict(spec or {})
     target = uri if uri is not None else spec.get("uri")

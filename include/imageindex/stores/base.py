@@ -10,11 +10,14 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from imageindex.errors import ConfigError, ModelMismatchError, StoreError
+from imageindex.stores.paging import decode_cursor, encode_cursor, parse_sort, query_digest
 from imageindex.stores.schema import STATUS_OK
 from imageindex.types import Hit
 
@@ -126,7 +129,6 @@ class VectorStore(ABC):
     def get(self, dataset_id: str, ids: Sequence[str]) -> list[dict]:
         """Documents without their vector, in the order of ``ids``; unknown ids are skipped."""
 
-    @abstractmethod
     def search(
         self,
         dataset_id: str,
@@ -138,12 +140,21 @@ class VectorStore(ABC):
     ) -> list[Hit]:
         """Top ``top_k`` documents matching ``flt``.
 
-        With a vector: by cosine similarity (``1 - cosine distance``, higher is better), the
-        filter applied before ranking, failed documents never returned. Without: up to ``top_k``
-        documents ordered by uri, score 1.0.
+        With a vector: by cosine similarity (``1 - cosine distance``, higher is better; ties by
+        id), the filter applied before ranking, failed documents never returned. Without: up to
+        ``top_k`` documents ordered by uri, score 1.0.
         """
+        target = self._searchable(dataset_id)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ConfigError(f"top_k must be a positive integer (got {top_k!r})")
+        if flt is not None and (flt.versions == [] or flt.uris == []):
+            return []  # an empty IN list: no document at all
+        where = self._compile_filter(flt)
+        if vector is None:
+            return [hit for hit, _ in self._sorted_page(target, where, "uri", False, None, top_k)]
+        ranked = self._ranked(target, vector, where, top_k, score_threshold)
+        return [hit_from_row(row, score) for score, row in ranked[:top_k]]
 
-    @abstractmethod
     def query(
         self,
         dataset_id: str,
@@ -163,7 +174,90 @@ class VectorStore(ABC):
         (failed ones included), ordered by ``sort`` then id, score 1.0, paged by keyset so
         pages stay stable and cheap at any depth. ``cursor`` is the previous page's
         ``next_cursor``; a cursor from another query is refused.
+
+        The same for every store: cursors, the score threshold and page slicing are done here;
+        a store supplies :meth:`_searchable`, :meth:`_compile_where`, :meth:`_nearest` and
+        :meth:`_sorted_page`.
         """
+        from imageindex.query import to_text
+
+        target = self._searchable(dataset_id)
+        if (
+            isinstance(top_k, bool)
+            or not isinstance(top_k, int)
+            or not 1 <= top_k <= MAX_VECTOR_WINDOW
+        ):
+            raise ConfigError(f"top_k must be between 1 and {MAX_VECTOR_WINDOW} (got {top_k!r})")
+        native = self._compile_where(where) if where is not None else None
+        text = to_text(where) if where is not None else None
+        digest = query_digest(
+            dataset_id, vector, text, sort if vector is None else "score", score_threshold
+        )
+        pos = decode_cursor(cursor, digest) if cursor else {}
+        if vector is not None:
+            offset = int(pos.get("o", 0))
+            if offset < 0 or offset + top_k > MAX_VECTOR_WINDOW:
+                raise ConfigError(
+                    f"vector search pages stop at {MAX_VECTOR_WINDOW} results; narrow the query "
+                    "with filters or a score threshold"
+                )
+            # One more than the page shows whether another page follows.
+            ranked = self._ranked(target, vector, native, offset + top_k + 1, score_threshold)
+            page = ranked[offset : offset + top_k]
+            more = len(ranked) > offset + top_k and offset + top_k < MAX_VECTOR_WINDOW
+            nxt = encode_cursor(digest, o=offset + top_k) if more and page else None
+            return Page([hit_from_row(row, score) for score, row in page], nxt)
+        field, desc = parse_sort(sort, SORT_FIELDS)
+        after = (pos["v"], pos["i"]) if pos else None
+        rows = self._sorted_page(target, native, field, desc, after, top_k + 1)
+        nxt = None
+        if len(rows) > top_k:
+            last_value, last_id = rows[top_k - 1][1]
+            nxt = encode_cursor(digest, v=last_value, i=last_id)
+        return Page([hit for hit, _ in rows[:top_k]], nxt)
+
+    def _ranked(
+        self, target, vector, where, limit: int, score_threshold: float | None
+    ) -> list[tuple[float, dict]]:
+        """:meth:`_nearest`'s (score, row) pairs, at or above the threshold, by score then id."""
+        ranked = sorted(
+            self._nearest(target, vector, where, limit, score_threshold),
+            key=lambda t: (-t[0], t[1].get("id", "")),
+        )
+        if score_threshold is not None:
+            ranked = [t for t in ranked if t[0] >= score_threshold]
+        return ranked
+
+    # A store's part of search() and query(): -------------------------------------------------
+
+    @abstractmethod
+    def _searchable(self, dataset_id: str):
+        """What the other hooks search in (a table, an index), once checked:
+        :class:`~imageindex.errors.EmptyIndexError` when the dataset has none yet."""
+
+    @abstractmethod
+    def _compile_where(self, where):
+        """The store's own filter for a query AST."""
+
+    @abstractmethod
+    def _compile_filter(self, flt: Filter | None):
+        """The store's own filter for a :class:`Filter` (None when it constrains nothing)."""
+
+    @abstractmethod
+    def _nearest(
+        self, target, vector, where, limit: int, score_threshold: float | None
+    ) -> list[tuple[float, dict]]:
+        """Up to ``limit`` (cosine score, row of :data:`HIT_COLUMNS`) pairs nearest ``vector``
+        among the ok documents matching ``where``, in any order; the threshold is a hint (the
+        caller applies it). :func:`query_vector` checks the vector."""
+
+    @abstractmethod
+    def _sorted_page(
+        self, target, where, field: str, desc: bool, after: tuple | None, limit: int
+    ) -> list[tuple[Hit, tuple]]:
+        """Up to ``limit`` documents matching ``where`` in (``field``, id) order, after the
+        position ``after`` when given: (hit with score 1.0, its position as (value, id), values
+        that JSON keeps)."""
 
     @abstractmethod
     def optimize(self, dataset_id: str) -> dict:
@@ -176,6 +270,38 @@ class VectorStore(ABC):
     @abstractmethod
     def remove_user_tags(self, dataset_id: str, ids: Sequence[str], tags: Sequence[str]) -> int:
         """Remove ``tags`` from ``tags_user`` of the given documents; returns rows changed."""
+
+
+def check_positive_ints(**settings: object) -> None:
+    """Refuse a store setting that is not a positive integer, naming it."""
+    for name, value in settings.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"store setting {name} must be a positive integer (got {value!r})")
+
+
+def check_model_dim(dataset_id: str, model: object, dim: object) -> None:
+    """Refuse what ``ensure_table`` cannot record: an empty model name or a dim below 1."""
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"dataset {dataset_id!r}: embedder model name must be non-empty")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ConfigError(f"dataset {dataset_id!r}: vector dim must be a positive integer")
+
+
+def check_same_model(
+    dataset_id: str, index: str, have: tuple[str | None, int], model: str, dim: int, drop: str
+) -> None:
+    """Refuse an embedder other than the one ``index`` (e.g. "the index X in Y") was built with
+    (``have``: its model, None when unknown, and dim); ``drop``: how to start over."""
+    have_model, have_dim = have
+    if have_model is None:
+        have_model = model
+    if have_model != model or have_dim != dim:
+        raise ModelMismatchError(
+            f"dataset {dataset_id!r}: {index} holds vectors of model {have_model!r} (dim "
+            f"{have_dim}), but the configured embedder is {model!r} (dim {dim}). Configure the "
+            f"embedder the index was built with, or use a new dataset id (or {drop}) to re-embed "
+            "everything."
+        )
 
 
 def conform_rows(
@@ -250,8 +376,19 @@ HIT_COLUMNS = [
 ]
 
 
-def hit_from_row(row: dict, score: float, mtime=None) -> Hit:
-    """A :class:`Hit` from a stored row; ``mtime`` is the row's datetime (already parsed)."""
+def parse_date(value: Any) -> datetime | None:
+    """A UTC datetime from a stored date: a datetime, epoch milliseconds or an ISO string."""
+    if value is None or isinstance(value, datetime):
+        return value
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value / 1000, UTC)
+    parsed = datetime.fromisoformat(str(value))
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def hit_from_row(row: dict, score: float) -> Hit:
+    """A :class:`Hit` from a stored row (its ``mtime`` a datetime or as :func:`parse_date` reads)."""
+    mtime = parse_date(row.get("mtime"))
     return Hit(
         id=row["id"],
         uri=row["uri"],
@@ -269,6 +406,19 @@ def hit_from_row(row: dict, score: float, mtime=None) -> Hit:
         tags_user=list(row.get("tags_user") or []),
         thumbnail_uri=row.get("thumbnail_uri"),
     )
+
+
+def query_vector(dataset_id: str, vector, dim: int) -> np.ndarray:
+    """``vector`` as a flat float32 array, checked: ``dim`` long, finite and not all zeros."""
+    query = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if query.shape[0] != dim:
+        raise ModelMismatchError(
+            f"dataset {dataset_id!r}: query vector has dim {query.shape[0]} but the index "
+            f"holds dim {dim}; embed the query with the indexed model"
+        )
+    if not np.isfinite(query).all() or not np.any(query):
+        raise ConfigError("query vector is all zeros or not finite; cannot rank by cosine")
+    return query
 
 
 def select_columns(names: Sequence[str], columns: Sequence[str] | None) -> list[str]:

@@ -53,25 +53,27 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
 import pyarrow as pa
 
 from imageindex.connections import get_credentials
-from imageindex.errors import ConfigError, EmptyIndexError, ModelMismatchError, StoreError
+from imageindex.errors import ConfigError, EmptyIndexError, StoreError
+from imageindex.query import from_filter
 from imageindex.stores.base import (
     HIT_COLUMNS,
-    MAX_VECTOR_WINDOW,
-    SORT_FIELDS,
     Filter,
-    Page,
     VectorStore,
+    check_model_dim,
+    check_positive_ints,
+    check_same_model,
     chunks,
     conform_rows,
     hit_from_row,
+    parse_date,
+    query_vector,
     select_columns,
     table_name,
 )
-from imageindex.stores.paging import decode_cursor, encode_cursor, parse_sort, query_digest
+from imageindex.stores.opensearch.compile import compile_opensearch
 from imageindex.stores.schema import STATE_COLUMNS, STATUS_OK, document_schema
 from imageindex.types import Hit
 
@@ -172,7 +174,8 @@ def _knn_field(dim: int) -> dict:
 
 
 def index_properties(dim: int) -> dict:
-    """The field mappings of a dataset index (what :mod:`imageindex.query.opensearch` expects)."""
+    """The field mappings of a dataset index (what :mod:`imageindex.stores.opensearch.compile`
+    expects)."""
     keyword = {"type": "keyword"}
     # No ignore_above: a longer value would be silently unmatchable.
     text = {"type": "text", "fields": {"keyword": {"type": "keyword"}}}
@@ -248,19 +251,10 @@ def _iso(value: datetime) -> str:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
-def _parse_date(value: Any) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value / 1000, UTC)
-    parsed = datetime.fromisoformat(str(value))
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
 def _row(src: dict, columns: Sequence[str]) -> dict:
     row = {c: src.get(c) for c in columns}
     for c in _DATE_COLUMNS.intersection(columns):
-        row[c] = _parse_date(row[c])
+        row[c] = parse_date(row[c])
     return row
 
 
@@ -272,10 +266,6 @@ def to_cosine(score: float) -> float:
 def to_os_score(cosine: float) -> float:
     """lucene's cosinesimil score of a cosine similarity."""
     return (1.0 + float(cosine)) / 2.0
-
-
-def _hit(row: dict, score: float) -> Hit:
-    return hit_from_row(row, score, _parse_date(row.get("mtime")))
 
 
 def _unique_ids(ids: Sequence[str]) -> list[str]:
@@ -496,11 +486,7 @@ class OpenSearchStore(VectorStore):
             refresh = refresh.lower() == "true"
         if refresh not in ("wait_for", True, False):
             raise ConfigError(f"refresh must be 'wait_for', true or false (got {refresh!r})")
-        for name, value in (("bulk_chunk", bulk_chunk), ("max_retries", max_retries)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(
-                    f"store setting {name} must be a positive integer (got {value!r})"
-                )
+        check_positive_ints(bulk_chunk=bulk_chunk, max_retries=max_retries)
         for name, value in (
             ("shards", shards),
             ("replicas", replicas),
@@ -760,10 +746,7 @@ class OpenSearchStore(VectorStore):
 
     def ensure_table(self, dataset_id: str, *, model: str, dim: int) -> None:
         name = self.index_name(dataset_id)
-        if not isinstance(model, str) or not model:
-            raise ConfigError(f"dataset {dataset_id!r}: embedder model name must be non-empty")
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ConfigError(f"dataset {dataset_id!r}: vector dim must be a positive integer")
+        check_model_dim(dataset_id, model, dim)
         raw = self._get_index(name)
         if raw is None:
             body = index_body(dataset_id, model, dim, shards=self.shards, replicas=self.replicas)
@@ -780,16 +763,9 @@ class OpenSearchStore(VectorStore):
             raw = self._get_index(name)
             if raw is None:
                 raise StoreError(f"index {name} vanished right after it was created; retry")
-        have_model, have_dim = self._describe(dataset_id, name, raw)
-        if have_model is None:
-            have_model = model
-        if have_model != model or have_dim != dim:
-            raise ModelMismatchError(
-                f"dataset {dataset_id!r}: the index {name} in OpenSearch holds vectors of model "
-                f"{have_model!r} (dim {have_dim}), but the configured embedder is {model!r} "
-                f"(dim {dim}). Configure the embedder the index was built with, or use a new "
-                "dataset id (or delete the index) to re-embed everything."
-            )
+        have = self._describe(dataset_id, name, raw)
+        index = f"the index {name} in OpenSearch"
+        check_same_model(dataset_id, index, have, model, dim, "delete the index")
         problem = self._search_problems(name, raw)
         if problem:
             raise StoreError(problem)
@@ -1043,25 +1019,12 @@ class OpenSearchStore(VectorStore):
         )
         return int(resp.get("count", 0))
 
-    @staticmethod
-    def _filter_query(flt: Filter | None) -> tuple[dict | None, bool]:
-        """(query clause or None, matches_nothing) of a simple Filter."""
-        from imageindex.query import compile_opensearch, from_filter
-
-        if flt is None:
-            return None, False
-        # The query language has no "IN ()": an empty list means no document at all.
-        if flt.versions == [] or flt.uris == []:
-            return None, True
-        node = from_filter(flt)
-        return (compile_opensearch(node) if node is not None else None), False
-
     def count(self, dataset_id: str, flt: Filter | None = None) -> int:
         name = self.index_name(dataset_id)
-        query, nothing = self._filter_query(flt)
-        if nothing:
+        # The query language has no "IN ()": an empty list means no document at all.
+        if flt is not None and (flt.versions == [] or flt.uris == []):
             return 0
-        return self._count(name, query)
+        return self._count(name, self._compile_filter(flt))
 
     def get(self, dataset_id: str, ids: Sequence[str]) -> list[dict]:
         name = self.index_name(dataset_id)
@@ -1085,42 +1048,40 @@ class OpenSearchStore(VectorStore):
                     found[doc["_id"]] = _row(doc.get("_source") or {}, DOC_COLUMNS)
         return [found[i] for i in wanted if i in found]
 
-    def search(
-        self,
-        dataset_id: str,
-        vector: np.ndarray | None,
-        flt: Filter,
-        *,
-        top_k: int = 10,
-        score_threshold: float | None = None,
-    ) -> list[Hit]:
-        from imageindex.query import from_filter
+    def _searchable(self, dataset_id: str) -> tuple[str, str, int]:
+        """(dataset id, index name, dim) of a dataset vector search may run on."""
+        name = self.index_name(dataset_id)
+        _, dim = self._require_for_search(dataset_id)
+        return dataset_id, name, dim
 
-        self._require_for_search(dataset_id)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ConfigError(f"top_k must be a positive integer (got {top_k!r})")
-        if flt is not None and (flt.versions == [] or flt.uris == []):
-            return []
-        where = from_filter(flt) if flt is not None else None
-        page = self.query(
-            dataset_id,
-            vector=vector,
-            where=where,
-            top_k=min(top_k, MAX_VECTOR_WINDOW),
-            score_threshold=score_threshold,
-        )
-        return page.hits
+    def _compile_where(self, where) -> dict:
+        return compile_opensearch(where)
 
-    def _query_vector(self, dataset_id: str, dim: int, vector) -> list[float]:
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if query.shape[0] != dim:
-            raise ModelMismatchError(
-                f"dataset {dataset_id!r}: query vector has dim {query.shape[0]} but the index "
-                f"holds dim {dim}; embed the query with the indexed model"
-            )
-        if not np.isfinite(query).all() or not np.any(query):
-            raise ConfigError("query vector is all zeros or not finite; cannot rank by cosine")
-        return query.tolist()
+    def _compile_filter(self, flt: Filter | None) -> dict | None:
+        node = from_filter(flt) if flt is not None else None
+        return compile_opensearch(node) if node is not None else None
+
+    def _nearest(
+        self, target, vector, where: dict | None, limit: int, score_threshold: float | None
+    ) -> list[tuple[float, dict]]:
+        dataset_id, name, dim = target
+        qvec = query_vector(dataset_id, vector, dim).tolist()
+        body = self.knn_body(qvec, where, min(limit, MAX_PAGE), score_threshold)
+        ranked = []
+        for h in self._search(name, body, f"vector search in {name}"):
+            raw = h.get("_score")
+            if raw is None:
+                raw = (h.get("sort") or [0.0])[0]
+            ranked.append((to_cosine(raw), h.get("_source") or {}))
+        return ranked
+
+    def _sorted_page(
+        self, target, where: dict | None, field: str, desc: bool, after: tuple | None, limit: int
+    ) -> list[tuple[Hit, tuple]]:
+        _, name, _ = target
+        body = self.filter_body(where, field, desc, limit, after)
+        hits = self._search(name, body, f"search in {name}")
+        return [(hit_from_row(h.get("_source") or {}, 1.0), tuple(h["sort"][:2])) for h in hits]
 
     def knn_body(
         self,
@@ -1153,81 +1114,15 @@ class OpenSearchStore(VectorStore):
             body["min_score"] = max(0.0, to_os_score(score_threshold) - 1e-6)
         return body
 
-    def query(
-        self,
-        dataset_id: str,
-        *,
-        vector: np.ndarray | None = None,
-        where=None,
-        top_k: int = 10,
-        score_threshold: float | None = None,
-        cursor: str | None = None,
-        sort: str = "uri",
-    ) -> Page:
-        from imageindex.query import compile_opensearch, to_text
-
-        name = self.index_name(dataset_id)
-        _, dim = self._require_for_search(dataset_id)
-        if (
-            isinstance(top_k, bool)
-            or not isinstance(top_k, int)
-            or not (1 <= top_k <= MAX_VECTOR_WINDOW)
-        ):
-            raise ConfigError(f"top_k must be between 1 and {MAX_VECTOR_WINDOW} (got {top_k!r})")
-        clause = compile_opensearch(where) if where is not None else None
-        digest = query_digest(
-            dataset_id,
-            vector,
-            to_text(where) if where is not None else None,
-            sort if vector is None else "score",
-            score_threshold,
-        )
-        pos = decode_cursor(cursor, digest) if cursor else {}
-
-        if vector is not None:
-            qvec = self._query_vector(dataset_id, dim, vector)
-            offset = int(pos.get("o", 0))
-            if offset < 0 or offset + top_k > MAX_VECTOR_WINDOW:
-                raise ConfigError(
-                    f"vector search pages stop at {MAX_VECTOR_WINDOW} results; narrow the query "
-                    "with filters or a score threshold"
-                )
-            # One more than the page shows whether another page follows.
-            limit = min(offset + top_k + 1, MAX_PAGE)
-            body = self.knn_body(qvec, clause, limit, score_threshold)
-            hits = self._search(name, body, f"vector search in {name}")
-            ranked = []
-            for h in hits:
-                raw = h.get("_score")
-                if raw is None:
-                    raw = (h.get("sort") or [0.0])[0]
-                ranked.append((to_cosine(raw), h.get("_source") or {}))
-            ranked.sort(key=lambda t: (-t[0], t[1].get("id", "")))
-            if score_threshold is not None:
-                ranked = [t for t in ranked if t[0] >= score_threshold]
-            page = ranked[offset : offset + top_k]
-            more = len(ranked) > offset + top_k and offset + top_k < MAX_VECTOR_WINDOW
-            nxt = encode_cursor(digest, o=offset + top_k) if more and page else None
-            return Page([_hit(src, score) for score, src in page], nxt)
-
-        field, desc = parse_sort(sort, SORT_FIELDS)
-        body = self.filter_body(clause, field, desc, top_k, pos or None)
-        hits = self._search(name, body, f"search in {name}")
-        page_hits = hits[:top_k]
-        nxt = None
-        if len(hits) > top_k or (len(hits) == top_k == body["size"] and top_k < MAX_VECTOR_WINDOW):
-            last = page_hits[-1]["sort"]
-            nxt = encode_cursor(digest, v=last[0], i=last[1])
-        return Page([_hit(h.get("_source") or {}, 1.0) for h in page_hits], nxt)
-
     @staticmethod
     def filter_body(
-        clause: dict | None, field: str, desc: bool, top_k: int, after: dict | None
+        clause: dict | None, field: str, desc: bool, size: int, after: tuple | None
     ) -> dict:
-        """The search body of a filter-only page: sorted by ``field`` then id, continued after
-        the previous page's last sort values (keyset paging: stable and cheap at any depth)."""
+        """The search body of a filter-only page of ``size`` hits (at most :data:`MAX_PAGE`):
+        sorted by ``field`` then id, continued after the previous page's last sort values
+        ``after`` (keyset paging: stable and cheap at any depth)."""
         body: dict[str, Any] = {
-            "size": min(top_k + 1, MAX_PAGE),
+            "size": min(size, MAX_PAGE),
             "query": {"bool": {"filter": [clause]}} if clause is not None else {"match_all": {}},
             "sort": [
                 {TEXT_KEYWORD.get(field, field): {"order": "desc" if desc else "asc"}},
@@ -1237,7 +1132,7 @@ class OpenSearchStore(VectorStore):
             "_source": {"includes": HIT_COLUMNS},
         }
         if after:
-            body["search_after"] = [after["v"], after["i"]]
+            body["search_after"] = list(after)
         return body
 
     # ---------------------------------------------------------------------------- maintenance

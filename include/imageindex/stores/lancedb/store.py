@@ -19,27 +19,40 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import lancedb
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from lance.dataset import ColumnOrdering
-from lancedb.index import Bitmap, BTree, HnswSq, LabelList
 
-from imageindex.errors import ConfigError, EmptyIndexError, ModelMismatchError, StoreError
+from imageindex.errors import ConfigError, EmptyIndexError, StoreError
 from imageindex.stores.base import (
     HIT_COLUMNS,
-    MAX_VECTOR_WINDOW,
-    SORT_FIELDS,
     Filter,
-    Page,
     VectorStore,
+    check_model_dim,
+    check_positive_ints,
+    check_same_model,
     chunks,
     conform_rows,
     hit_from_row,
+    query_vector,
     select_columns,
     table_name,
 )
-from imageindex.stores.paging import decode_cursor, encode_cursor, parse_sort, query_digest
+from imageindex.stores.lancedb.compile import compile_lancedb
+from imageindex.stores.lancedb.indexes import (
+    SCALAR_INDEXES,
+    compact_and_index,
+    refresh_indexes,
+    vector_index_partitions,
+)
+from imageindex.stores.lancedb.sql import (
+    and_,
+    compile_filter,
+    keyset_sql,
+    sql_in,
+    sql_string,
+    unique,
+)
 from imageindex.stores.schema import STATE_COLUMNS, STATUS_OK, document_schema
 from imageindex.types import Hit
 
@@ -56,107 +69,17 @@ META_DIM = b"imageindex.dim"
 PRIMARY_KEY = b"lance-schema:unenforced-primary-key"
 
 
-#: IVF partitions of the vector index. LanceDB's default (sqrt(n) partitions, or one huge
-#: partition for HNSW) gave recall@10 of 0.35-0.74 on 100k x 384 clustered vectors. 12.5k rows
-#: per partition gave 0.99-1.0 at 100k but only 0.64 at 1M (80 partitions, 20 probed);
-#: n**0.3 / 4 partitions (8 at 100k, 16 at 1M, 31 at 10M) kept filtered recall@10 at 1.0 at
-#: 1M with p50 65 ms (bench/bench_store.py; numbers in the notes of the search issue).
-def vector_index_partitions(rows: int) -> int:
-    return max(1, round(rows**0.3 / 4))
-
-
 DOC_COLUMNS = [f.name for f in document_schema(1) if f.name != "vector"]
 
 #: storage_options given to remote (s3://, gs://, az://) stores unless the registry sets them.
 REMOTE_TIMEOUTS = {"connect_timeout": "10s", "timeout": "120s"}
 
-#: Scalar indexes optimize() maintains, by column.
-SCALAR_INDEXES: dict[str, Callable[[], Any]] = {
-    "id": BTree,
-    "uri": BTree,
-    "dataset_version": Bitmap,
-    "status": Bitmap,
-    "tags_ai": LabelList,
-    "tags_user": LabelList,
-}
-
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 # Lance reports a lost optimistic commit as OSError/RuntimeError with one of these messages
 # (the lancedb layer already retried internally for up to 30 s before giving up).
 _RETRYABLE = re.compile(
     r"commit conflict|retryable|too many concurrent writ|conflict detected|merge insert timed out",
     re.IGNORECASE,
 )
-
-
-# --------------------------------------------------------------------------------------------
-# SQL building: every value that reaches a filter string goes through sql_string().
-
-
-def sql_string(value: str) -> str:
-    """Quote ``value`` as a SQL string literal (single quotes doubled).
-
-    Control characters are refused: no legitimate id, uri or tag has them, and they are the usual
-    way to smuggle something past a parser.
-    """
-    if not isinstance(value, str):
-        raise ConfigError(f"filter value {value!r} must be a string, not {type(value).__name__}")
-    if _CONTROL_CHARS.search(value):
-        raise ConfigError(f"filter value {value!r} contains a control character; remove it")
-    return "'" + value.replace("'", "''") + "'"
-
-
-def sql_list(values: Sequence[str]) -> str:
-    """``['a', 'b']``: an array literal for array_has_any / array_has_all."""
-    return "[" + ", ".join(sql_string(v) for v in values) + "]"
-
-
-def sql_in(column: str, values: Sequence[str]) -> str:
-    """``column IN ('a', 'b')``; an empty list matches nothing."""
-    if not values:
-        return "false"
-    return f"{column} IN (" + ", ".join(sql_string(v) for v in values) + ")"
-
-
-def _unique(values: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys(values))
-
-
-def compile_filter(flt: Filter | None) -> str | None:
-    """The SQL predicate for ``flt`` (None when it constrains nothing)."""
-    if flt is None:
-        return None
-    parts: list[str] = []
-    if flt.versions is not None:
-        parts.append(sql_in("dataset_version", _unique(flt.versions)))
-    if flt.uris is not None:
-        parts.append(sql_in("uri", _unique(flt.uris)))
-    if flt.status is not None:
-        parts.append(f"status = {sql_string(flt.status)}")
-    if flt.tags_any:
-        lst = sql_list(_unique(flt.tags_any))
-        parts.append(f"(array_has_any(tags_ai, {lst}) OR array_has_any(tags_user, {lst}))")
-    for tag in _unique(flt.tags_all):
-        # A tag may be in either list, so array_has_all on one column would miss documents.
-        one = sql_list([tag])
-        parts.append(f"(array_has_any(tags_ai, {one}) OR array_has_any(tags_user, {one}))")
-    if flt.tags_exclude:
-        lst = sql_list(_unique(flt.tags_exclude))
-        # array_has_any(NULL, ...) is NULL, and NOT NULL would drop untagged documents.
-        parts.append(
-            f"(tags_ai IS NULL OR NOT array_has_any(tags_ai, {lst}))"
-            f" AND (tags_user IS NULL OR NOT array_has_any(tags_user, {lst}))"
-        )
-    if not parts:
-        return None
-    return " AND ".join(f"({p})" for p in parts)
-
-
-def _and(*preds: str | None) -> str | None:
-    kept = [p for p in preds if p]
-    if not kept:
-        return None
-    return " AND ".join(f"({p})" for p in kept)
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -225,16 +148,12 @@ class LanceDBStore(VectorStore):
             raise ConfigError(
                 f"file_lock needs a local store; {uri!r} is remote (leave file_lock unset)"
             )
-        for name, value in (
-            ("index_min_rows", index_min_rows),
-            ("write_batch_rows", write_batch_rows),
-            ("delete_batch_ids", delete_batch_ids),
-            ("max_retries", max_retries),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(
-                    f"store setting {name} must be a positive integer (got {value!r})"
-                )
+        check_positive_ints(
+            index_min_rows=index_min_rows,
+            write_batch_rows=write_batch_rows,
+            delete_batch_ids=delete_batch_ids,
+            max_retries=max_retries,
+        )
         self.index_min_rows = index_min_rows
         self.index_partitions = index_partitions
         self.write_batch_rows = write_batch_rows
@@ -357,10 +276,7 @@ class LanceDBStore(VectorStore):
 
     def ensure_table(self, dataset_id: str, *, model: str, dim: int) -> None:
         name = table_name(dataset_id)
-        if not isinstance(model, str) or not model:
-            raise ConfigError(f"dataset {dataset_id!r}: embedder model name must be non-empty")
-        if not isinstance(dim, int) or dim < 1:
-            raise ConfigError(f"dataset {dataset_id!r}: vector dim must be a positive integer")
+        check_model_dim(dataset_id, model, dim)
         tbl = self._open(dataset_id)
         if tbl is None:
             with self._lock(name):
@@ -382,14 +298,9 @@ class LanceDBStore(VectorStore):
         if have_model is None:
             # A table made outside imageindex: its rows still say which model wrote them.
             rows = self._scan(tbl, ["model"], "model IS NOT NULL", limit=1)
-            have_model = rows["model"][0].as_py() if rows.num_rows else model
-        if have_model != model or have_dim != dim:
-            raise ModelMismatchError(
-                f"dataset {dataset_id!r}: the index {table_name(dataset_id)} in {self.uri} holds "
-                f"vectors of model {have_model!r} (dim {have_dim}), but the configured embedder "
-                f"is {model!r} (dim {dim}). Configure the embedder the index was built with, or "
-                f"use a new dataset id (or drop the table) to re-embed everything."
-            )
+            have_model = rows["model"][0].as_py() if rows.num_rows else None
+        index = f"the index {table_name(dataset_id)} in {self.uri}"
+        check_same_model(dataset_id, index, (have_model, have_dim), model, dim, "drop the table")
 
     def table_info(self, dataset_id: str) -> dict | None:
         tbl = self._open(dataset_id)
@@ -455,7 +366,7 @@ class LanceDBStore(VectorStore):
         if tbl is None or not ids:
             return 0
         deleted = 0
-        for chunk in chunks(_unique(list(ids)), self.delete_batch_ids):
+        for chunk in chunks(unique(list(ids)), self.delete_batch_ids):
             where = sql_in("id", chunk)
             with self._lock(name):
                 found = tbl.count_rows(where)
@@ -472,7 +383,7 @@ class LanceDBStore(VectorStore):
         name = table_name(dataset_id)
         tbl = self._require(dataset_id)
         changed = 0
-        for chunk in chunks(_unique(list(ids)), self.delete_batch_ids):
+        for chunk in chunks(unique(list(ids)), self.delete_batch_ids):
             with self._lock(name):
                 rows = self._scan(tbl, None, sql_in("id", chunk))
                 before = rows["tags_user"].to_pylist()
@@ -495,7 +406,7 @@ class LanceDBStore(VectorStore):
         return changed
 
     def add_user_tags(self, dataset_id: str, ids: Sequence[str], tags: Sequence[str]) -> int:
-        new = _unique([str(t) for t in tags])
+        new = unique([str(t) for t in tags])
         return self._change_user_tags(
             dataset_id, ids, lambda cur: cur + [t for t in new if t not in cur]
         )
@@ -534,7 +445,7 @@ class LanceDBStore(VectorStore):
             return
         cols = select_columns([f.name for f in tbl.schema], columns)
         base = f"dataset_version = {sql_string(version)}" if version is not None else None
-        groups = [None] if ids is None else list(chunks(_unique(list(ids)), self.delete_batch_ids))
+        groups = [None] if ids is None else list(chunks(unique(list(ids)), self.delete_batch_ids))
         for group in groups:
             if group is not None and not group:
                 continue
@@ -558,55 +469,33 @@ class LanceDBStore(VectorStore):
         if tbl is None or not ids:
             return []
         found: dict[str, dict] = {}
-        for chunk in chunks(_unique(list(ids)), self.delete_batch_ids):
+        for chunk in chunks(unique(list(ids)), self.delete_batch_ids):
             for row in self._scan(tbl, DOC_COLUMNS, sql_in("id", chunk)).to_pylist():
                 found[row["id"]] = row
         return [found[i] for i in ids if i in found]
 
-    def search(
-        self,
-        dataset_id: str,
-        vector: np.ndarray | None,
-        flt: Filter,
-        *,
-        top_k: int = 10,
-        score_threshold: float | None = None,
-    ) -> list[Hit]:
+    def _searchable(self, dataset_id: str):
         tbl = self._open(dataset_id)
         if tbl is None:
             raise EmptyIndexError(
                 f"dataset {dataset_id!r} has not been indexed yet (no table "
                 f"{table_name(dataset_id)} in {self.uri}); run its indexing DAG first"
             )
-        if not isinstance(top_k, int) or top_k < 1:
-            raise ConfigError(f"top_k must be a positive integer (got {top_k!r})")
-        where = compile_filter(flt)
-        if vector is None:
-            rows = self._scan(tbl, HIT_COLUMNS, where, order_by=["uri"], limit=top_k)
-            return [_hit(row, 1.0) for row in rows.to_pylist()]
+        return dataset_id, tbl
 
-        rows = self._vector_rows(dataset_id, tbl, vector, where, top_k)
-        hits = []
-        for row in rows:
-            score = 1.0 - float(row["_distance"])
-            if score_threshold is not None and score < score_threshold:
-                continue
-            hits.append(_hit(row, score))
-        hits.sort(key=lambda h: -h.score)
-        return hits
+    def _compile_where(self, where) -> str:
+        return compile_lancedb(where)
 
-    def _vector_rows(self, dataset_id: str, tbl, vector, where: str | None, limit: int) -> list:
-        _, dim = self._model_dim(tbl)
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if query.shape[0] != dim:
-            raise ModelMismatchError(
-                f"dataset {dataset_id!r}: query vector has dim {query.shape[0]} but the index "
-                f"holds dim {dim}; embed the query with the indexed model"
-            )
-        if not np.isfinite(query).all() or not np.any(query):
-            raise ConfigError("query vector is all zeros or not finite; cannot rank by cosine")
+    def _compile_filter(self, flt: Filter | None) -> str | None:
+        return compile_filter(flt)
+
+    def _nearest(
+        self, target, vector, where: str | None, limit: int, score_threshold: float | None
+    ) -> list[tuple[float, dict]]:
+        dataset_id, tbl = target
+        query = query_vector(dataset_id, vector, self._model_dim(tbl)[1])
         # Failed documents carry zero vectors: their cosine distance is meaningless.
-        where = _and(where, f"status = {sql_string(STATUS_OK)}")
+        where = and_(where, f"status = {sql_string(STATUS_OK)}")
         q = (
             tbl.search(query, vector_column_name="vector")
             .distance_type("cosine")
@@ -628,73 +517,19 @@ class LanceDBStore(VectorStore):
                 if self.nprobes:
                     q = q.nprobes(self.nprobes)
                 self.stats["index_searches"] += 1
-        return q.to_arrow().to_pylist()
+        return [(1.0 - float(row["_distance"]), row) for row in q.to_arrow().to_pylist()]
 
-    def query(
-        self,
-        dataset_id: str,
-        *,
-        vector: np.ndarray | None = None,
-        where=None,
-        top_k: int = 10,
-        score_threshold: float | None = None,
-        cursor: str | None = None,
-        sort: str = "uri",
-    ) -> Page:
-        from imageindex.query import compile_lancedb, to_text
-
-        tbl = self._open(dataset_id)
-        if tbl is None:
-            raise EmptyIndexError(
-                f"dataset {dataset_id!r} has not been indexed yet (no table "
-                f"{table_name(dataset_id)} in {self.uri}); run its indexing DAG first"
-            )
-        if not isinstance(top_k, int) or not 1 <= top_k <= MAX_VECTOR_WINDOW:
-            raise ConfigError(f"top_k must be between 1 and {MAX_VECTOR_WINDOW} (got {top_k!r})")
-        where_sql = compile_lancedb(where) if where is not None else None
-        digest = query_digest(
-            dataset_id,
-            vector,
-            to_text(where) if where is not None else None,
-            sort if vector is None else "score",
-            score_threshold,
-        )
-        pos = decode_cursor(cursor, digest) if cursor else {}
-
-        if vector is not None:
-            offset = int(pos.get("o", 0))
-            if offset < 0 or offset + top_k > MAX_VECTOR_WINDOW:
-                raise ConfigError(
-                    f"vector search pages stop at {MAX_VECTOR_WINDOW} results; narrow the query "
-                    "with filters or a score threshold"
-                )
-            rows = self._vector_rows(dataset_id, tbl, vector, where_sql, offset + top_k + 1)
-            ranked = sorted(
-                ((1.0 - float(r["_distance"]), r) for r in rows), key=lambda t: (-t[0], t[1]["id"])
-            )
-            if score_threshold is not None:
-                ranked = [t for t in ranked if t[0] >= score_threshold]
-            page = ranked[offset : offset + top_k]
-            more = len(ranked) > offset + top_k and offset + top_k < MAX_VECTOR_WINDOW
-            nxt = encode_cursor(digest, o=offset + top_k) if more and page else None
-            return Page([_hit(r, sc) for sc, r in page], nxt)
-
-        field, desc = parse_sort(sort, SORT_FIELDS)
-        sql = where_sql
-        if pos:
+    def _sorted_page(
+        self, target, where: str | None, field: str, desc: bool, after: tuple | None, limit: int
+    ) -> list[tuple[Hit, tuple]]:
+        _, tbl = target
+        if after is not None:
             # Keyset paging: "after the last row of the previous page" in (field, id) order, so
             # page N costs the same as page 1 and concurrent writes never shift a page.
-            sql = _and(sql, _keyset_sql(field, desc, pos["v"], pos["i"]))
+            where = and_(where, keyset_sql(field, desc, *after))
         order = [ColumnOrdering(field, ascending=not desc), ColumnOrdering("id", ascending=True)]
-        rows = self._scan(tbl, HIT_COLUMNS, sql, order_by=order, limit=top_k + 1).to_pylist()
-        page = rows[:top_k]
-        nxt = None
-        if len(rows) > top_k:
-            v = page[-1][field]
-            nxt = encode_cursor(
-                digest, v=v.isoformat() if hasattr(v, "isoformat") else v, i=page[-1]["id"]
-            )
-        return Page([_hit(r, 1.0) for r in page], nxt)
+        rows = self._scan(tbl, HIT_COLUMNS, where, order_by=order, limit=limit).to_pylist()
+        return [(hit_from_row(row, 1.0), (_json_value(row[field]), row["id"])) for row in rows]
 
     # ---------------------------------------------------------------------------- maintenance
 
@@ -705,40 +540,12 @@ class LanceDBStore(VectorStore):
             fragments_before = len(tbl.to_lance().get_fragments())
             # Many small per-batch fragments slow every scan, and rows written since the indexes
             # were built are searched by brute force until this folds them in.
-            self._retrying(f"optimize {name} ({self.uri})", lambda: _compact_and_index(tbl))
+            self._retrying(f"optimize {name} ({self.uri})", lambda: compact_and_index(tbl))
             tbl.checkout_latest()
             rows = tbl.count_rows()
-            have = {tuple(ix.columns) for ix in tbl.list_indices()}
-            created: list[str] = []
-            # New rows go into small index segments (cheap, exact partitions kept); once they
-            # pile up, indexes are rebuilt in full, sized for today's row count.
-            for ix in tbl.list_indices():
-                segments = tbl.index_stats(ix.name).num_indices
-                if segments > MAX_INDEX_SEGMENTS and rows:
-                    column = ix.columns[0]
-                    if column == "vector":
-                        partitions = self.index_partitions or vector_index_partitions(rows)
-                        config = HnswSq(distance_type="cosine", num_partitions=partitions)
-                        kind = "IVF_HNSW_SQ"
-                    elif column in SCALAR_INDEXES:
-                        config, kind = SCALAR_INDEXES[column](), SCALAR_INDEXES[column].__name__
-                    else:
-                        continue
-                    tbl.create_index(column, config=config, replace=True)
-                    created.append(f"{column}:{kind} (rebuilt from {segments} segments)")
-            if rows:
-                for column, config in SCALAR_INDEXES.items():
-                    if (column,) not in have:
-                        tbl.create_index(column, config=config())
-                        created.append(f"{column}:{config.__name__}")
-            vector_index = ("vector",) in have
-            if not vector_index and rows >= self.index_min_rows:
-                partitions = self.index_partitions or vector_index_partitions(rows)
-                tbl.create_index(
-                    "vector", config=HnswSq(distance_type="cosine", num_partitions=partitions)
-                )
-                created.append("vector:IVF_HNSW_SQ")
-                vector_index = True
+            created, vector_index = refresh_indexes(
+                tbl, rows, min_rows=self.index_min_rows, partitions=self.index_partitions
+            )
             fragments_after = len(tbl.to_lance().get_fragments())
         indexes = sorted(f"{','.join(ix.columns)}:{ix.index_type}" for ix in tbl.list_indices())
         return {
@@ -754,35 +561,8 @@ class LanceDBStore(VectorStore):
         }
 
 
-#: Index segments (one per optimize that found new rows) before an index is rebuilt in full.
-MAX_INDEX_SEGMENTS = 8
-
-
-def _compact_and_index(tbl) -> None:
-    """Compact small fragments and index new rows as an added segment of each index.
-
-    Not ``Table.optimize()``: its default merges the new rows into the existing vector index by
-    retraining it, which at 100k rows collapsed IVF_HNSW_SQ to a single partition (recall@10
-    0.96 → 0.62) and cost a full index build on every run that wrote rows.
-    """
-    ds = tbl.to_lance()
-    ds.optimize.compact_files()
-    ds.optimize.optimize_indices(num_indices_to_merge=0)
-    ds.cleanup_old_versions(older_than=timedelta(days=7))
-
-
-def _keyset_sql(field: str, desc: bool, last, last_id: str) -> str:
-    if field in ("mtime", "indexed_at"):
-        from datetime import datetime
-
-        iso = datetime.fromisoformat(str(last)).isoformat()
-        lit = f"TIMESTAMP {sql_string(iso)}"
-    elif field in ("size",):
-        lit = str(int(last))
-    else:
-        lit = sql_string(str(last))
-    op = "<" if desc else ">"
-    return f"({field} {op} {lit} OR ({field} = {lit} AND id > {sql_string(str(last_id))}))"
+def _json_value(value):
+    return value.isoformat() if hasattr(value, "isoformat") else value
 
 
 def _table_schema(model: str, dim: int) -> pa.Schema:
@@ -794,14 +574,4 @@ def _table_schema(model: str, dim: int) -> pa.Schema:
     return schema.with_metadata({META_MODEL: model.encode(), META_DIM: str(dim).encode()})
 
 
-def _hit(row: dict, score: float) -> Hit:
-    return hit_from_row(row, score, row.get("mtime"))
-
-
-__all__ = [
-    "LanceDBStore",
-    "compile_filter",
-    "sql_in",
-    "sql_list",
-    "sql_string",
-]
+__all__ = ["DOC_COLUMNS", "SCALAR_INDEXES", "LanceDBStore", "vector_index_partitions"]

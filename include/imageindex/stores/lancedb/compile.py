@@ -1,7 +1,7 @@
 """Compile a query AST into a LanceDB (DataFusion SQL) WHERE predicate.
 
 Every value reaches the SQL through :func:`literal`, which quotes strings with the store's own
-:func:`~imageindex.stores.lancedb_store.sql_string`; column names come from the field registry,
+:func:`~imageindex.stores.lancedb.sql.sql_string`; column names come from the field registry,
 which only accepts plain identifiers. Nothing the user typed is pasted in any other way.
 
 NULL handling: SQL comparisons with NULL are unknown, and ``NOT unknown`` drops the row, so a
@@ -22,10 +22,7 @@ from imageindex.errors import ConfigError
 from imageindex.query.ast import And, Compare, Has, Node, Not, Or, Prefix, QueryError, Value
 from imageindex.query.fields import FieldSpec, FieldType, day_bounds, lookup
 from imageindex.query.parser import iso_utc, validate
-
-# The module, not its names: lancedb_store may one day import this compiler, and a name import
-# would then fail on the half-initialized module.
-from imageindex.stores import lancedb_store as _store
+from imageindex.stores.lancedb.sql import sql_string
 
 _LIKE_ESCAPE = "\\"
 _SQL_OPS = {":": "=", "=": "=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
@@ -37,7 +34,7 @@ def literal(value: object) -> str:
         raise QueryError("a query value cannot be a bool")
     if isinstance(value, str):
         try:
-            return _store.sql_string(value)
+            return sql_string(value)
         except ConfigError:
             raise QueryError(
                 f"the value {value!r} contains a control character (tab, newline...), which "
