@@ -22,8 +22,8 @@ __version__ = "0.1.0"
 __all__ = ["eval_summary", "load_features", "load_version", "search"]
 
 # name -> (module, attribute); ``search`` is the module imageindex.search, which is callable
-# (it forwards to imageindex.notebook.search): a function of that name would be replaced by the
-# submodule as soon as anything imported it.
+# (its keyword_search): a function of that name would be replaced by the submodule as soon as
+# anything imported it.
 _LAZY = {
     "search": ("imageindex.search", None),
     "load_features": ("imageindex.notebook", "load_features"),

@@ -60,7 +60,7 @@ class _DeferPydanticBuilds(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def _tags(values: list[str] | None) -> list[str]:
-    from imageindex.notebook import split_tags
+    from imageindex.search import split_tags
 
     return split_tags(values)
 

@@ -12,168 +12,28 @@ pandas DataFrames.
     more = res.next_page()                 # the next top_k, or None after the last page
     feats, X = imageindex.load_features("samples", return_embeddings=True)
 
-It is the CLI's search path (:mod:`imageindex.search`, one query AST for every form) with
-keyword arguments instead of flags; the registry is found as the CLI finds it
-(:mod:`imageindex.config`). pandas is imported only by the calls that return a DataFrame.
+``imageindex.search`` is the module :mod:`imageindex.search` called: its
+:func:`~imageindex.search.keyword_search`, the CLI's search path with keyword arguments instead
+of flags (re-exported here as ``search``, with :class:`~imageindex.search.Results`). The
+registry is found as the CLI finds it (:mod:`imageindex.config`). pandas is imported only by
+the calls that return a DataFrame.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from imageindex.errors import ConfigError
-from imageindex.types import Hit
+from imageindex.search import HIT_COLUMNS, Results, split_tags
+from imageindex.search import keyword_search as search
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from imageindex.search import SearchRequest
-
-__all__ = ["HIT_COLUMNS", "Results", "load_features", "search"]
-
-#: Columns of :meth:`Results.to_pandas`, in order (the fields of :class:`~imageindex.types.Hit`).
-HIT_COLUMNS = [f.name for f in dataclasses.fields(Hit)]
-
-
-def split_tags(value: str | Sequence[str] | None) -> list[str]:
-    """A tag list from a string or a list of strings, each comma-separated (the CLI's
-    repeatable ``--tags-any a,b``): ``["cat,dog", " bird "]`` -> ``["cat", "dog", "bird"]``."""
-    items = [value] if isinstance(value, str) else list(value or [])
-    return [t.strip() for item in items for t in item.split(",") if t.strip()]
-
-
-def _image_arg(image: Any) -> dict:
-    """``image=``: a path, bytes, or a PIL image (encoded as PNG, the query pipeline decodes it)."""
-    if image is None:
-        return {}
-    if isinstance(image, (str, Path)):
-        return {"image_path": str(image)}
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return {"image_bytes": bytes(image)}
-    if hasattr(image, "save"):  # a PIL image, without importing PIL for everyone else
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        return {"image_bytes": buf.getvalue()}
-    raise ConfigError(
-        f"image=: give a file path, the image's bytes or a PIL image (got {type(image).__name__})"
-    )
-
-
-@dataclasses.dataclass
-class Results:
-    """One page of hits. Iterate it for :class:`~imageindex.types.Hit` values, page on with
-    :meth:`next_page` (or :meth:`pages`), and turn it into a DataFrame with :meth:`to_pandas`."""
-
-    hits: list[Hit]
-    #: opaque cursor of the next page (None on the last page); the CLI's ``--cursor``
-    next_cursor: str | None
-    #: the filter the store ran, as query-language text (None without a filter)
-    query: str | None
-    request: SearchRequest
-    registry: str | None = None
-
-    def __iter__(self) -> Iterator[Hit]:
-        return iter(self.hits)
-
-    def __len__(self) -> int:
-        return len(self.hits)
-
-    def __getitem__(self, index: int) -> Hit:
-        return self.hits[index]
-
-    def __repr__(self) -> str:
-        more = ", more pages" if self.next_cursor else ""
-        return f"<Results of {self.request.dataset_id!r}: {len(self.hits)} hits{more}>"
-
-    def next_page(self) -> Results | None:
-        """The next page of the same query (same ``top_k``), or None after the last one."""
-        if self.next_cursor is None:
-            return None
-        req = dataclasses.replace(self.request, cursor=self.next_cursor)
-        return _run(req, self.registry)
-
-    def pages(self) -> Iterator[Results]:
-        """This page and every following one."""
-        page: Results | None = self
-        while page is not None:
-            yield page
-            page = page.next_page()
-
-    def to_pandas(self) -> pd.DataFrame:
-        """The hits as a DataFrame: one row per hit, columns :data:`HIT_COLUMNS`; ``mtime`` as
-        UTC timestamps, ``tags_ai``/``tags_user`` as lists."""
-        import pandas as pd
-
-        frame = pd.DataFrame.from_records(
-            [dataclasses.asdict(h) for h in self.hits], columns=HIT_COLUMNS
-        )
-        frame["mtime"] = pd.to_datetime(frame["mtime"], unit="s", utc=True)
-        return frame
-
-
-def _run(req: SearchRequest, registry: str | None) -> Results:
-    from imageindex.search import run_search
-
-    result = run_search(req, registry_path=registry)
-    return Results(result.hits, result.next_cursor, result.query, req, registry)
-
-
-def search(
-    dataset: str,
-    text: str | None = None,
-    *,
-    image: Any = None,
-    image_uri: str | None = None,
-    dsl: str | None = None,
-    tags_any: str | Sequence[str] | None = None,
-    tags_all: str | Sequence[str] | None = None,
-    tags_exclude: str | Sequence[str] | None = None,
-    file_name: str | None = None,
-    path_prefix: str | None = None,
-    mtime_from: str | None = None,
-    mtime_to: str | None = None,
-    top_k: int = 10,
-    score_threshold: float | None = None,
-    sort: str = "uri",
-    version: str | None = None,
-    cursor: str | None = None,
-    registry: str | Path | None = None,
-) -> Results:
-    """Search ``dataset`` (its current version unless ``version``) as ``imageindex search`` does.
-
-    At most one of ``text``, ``image`` (path, bytes or PIL image) and ``image_uri`` (an indexed
-    image); the filters (``dsl`` in the query language, tags, file name, path prefix,
-    modification time) AND together. With a text or image query hits are the nearest first;
-    without one, every match in ``sort`` order. Errors are the CLI's, e.g.
-    :class:`~imageindex.errors.RegistryError` for an unknown dataset.
-    """
-    from imageindex.search import SearchRequest
-
-    req = SearchRequest(
-        dataset_id=dataset,
-        version=version,
-        text=text,
-        image_uri=image_uri,
-        dsl=dsl,
-        tags_any=split_tags(tags_any),
-        tags_all=split_tags(tags_all),
-        tags_exclude=split_tags(tags_exclude),
-        file_name=file_name,
-        path_prefix=path_prefix,
-        mtime_from=mtime_from,
-        mtime_to=mtime_to,
-        top_k=top_k,
-        score_threshold=score_threshold,
-        cursor=cursor,
-        sort=sort,
-        **_image_arg(image),
-    )
-    return _run(req, str(registry) if registry else None)
+__all__ = ["HIT_COLUMNS", "Results", "load_features", "search", "split_tags"]
 
 
 def load_features(
