@@ -325,6 +325,38 @@ def test_one_run_per_version_at_a_time_other_versions_go_ahead(dataset, monkeypa
     pipeline.plan("t", "v1", "run-e")
 
 
+def test_plans_racing_for_a_version_leave_exactly_one_holder(dataset):
+    """Two scheduled runs whose plans start together (a cron catching up): one plans, the
+    other is refused with VersionBusyError naming it (the DAG then skips), never both."""
+    import threading
+
+    from imageindex.errors import VersionBusyError
+    from imageindex.pipeline.context import open_run
+    from imageindex.pipeline.lease import acquire_lease
+
+    for round_ in range(5):
+        barrier, won, refused = threading.Barrier(6), [], []
+
+        def claim(i: int, round_=round_, barrier=barrier, won=won, refused=refused) -> None:
+            run_id = f"r{round_}-{i}"
+            ctx = open_run("t", "v1", run_id)
+            barrier.wait()
+            try:
+                acquire_lease(ctx, run_id)
+                won.append(run_id)
+            except VersionBusyError as exc:
+                refused.append(str(exc))
+
+        threads = [threading.Thread(target=claim, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1 and len(refused) == 5, (won, refused)
+        assert all(f"run {won[0]} is indexing t/v1" in msg for msg in refused), refused
+        assert pipeline.release_lease("t", "v1", won[0]) is True
+
+
 def test_a_plan_that_fails_gives_the_lease_back(dataset):
     import shutil
 

@@ -56,6 +56,30 @@ def test_bytes_and_json_round_trip(staging):
     assert staging.read_json(staging.join("runs", "r1", "plan.json")) == doc
 
 
+def test_create_if_absent_has_exactly_one_winner(staging):
+    """Eight writers race for one uri, ten times: one True each round, its bytes intact."""
+    import threading
+
+    for round_ in range(10):
+        uri = staging.join("leases", f"race-{round_}.json")
+        barrier, wins = threading.Barrier(8), []
+
+        def claim(i: int, uri=uri, barrier=barrier, wins=wins) -> None:
+            barrier.wait()
+            if staging.create_json(uri, {"run_id": f"run-{i}"}):
+                wins.append(f"run-{i}")
+
+        threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(wins) == 1, (round_, wins)
+        assert staging.read_json(uri) == {"run_id": wins[0]}
+    assert staging.create_bytes(uri, b"again") is False
+    assert staging.read_json(uri) == {"run_id": wins[0]}
+
+
 def test_read_missing_is_file_not_found(staging):
     with pytest.raises(FileNotFoundError):
         staging.read_bytes(staging.join("nope.bin"))

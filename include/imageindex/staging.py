@@ -77,6 +77,14 @@ class Staging(ABC):
         return json.loads(self.read_bytes(uri))
 
     @abstractmethod
+    def create_bytes(self, uri: str, data: bytes) -> bool:
+        """Write ``data`` at ``uri`` only if nothing is there, atomically: of two writers racing
+        for the same uri exactly one gets True; the other gets False and the file is unchanged."""
+
+    def create_json(self, uri: str, obj: Any) -> bool:
+        return self.create_bytes(uri, json.dumps(obj, indent=2, ensure_ascii=False).encode())
+
+    @abstractmethod
     def write_parquet(self, uri: str, table: pa.Table) -> None: ...
 
     @abstractmethod
@@ -128,8 +136,8 @@ class LocalStaging(Staging):
         return path
 
     @contextlib.contextmanager
-    def _atomic(self, path: Path) -> Iterator[str]:
-        """Yield a temporary path next to ``path``; rename it over ``path`` on a clean exit."""
+    def _atomic_tmp(self, path: Path) -> Iterator[str]:
+        """Yield a new temporary file next to ``path``; it is removed afterwards if still there."""
         if path == self._root:
             raise ConfigError(f"cannot write a file over the staging root {self.root}")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,11 +146,16 @@ class LocalStaging(Staging):
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         try:
             yield tmp
-            os.replace(tmp, path)
-        except BaseException:
+        finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            raise
+
+    @contextlib.contextmanager
+    def _atomic(self, path: Path) -> Iterator[str]:
+        """Yield a temporary path next to ``path``; rename it over ``path`` on a clean exit."""
+        with self._atomic_tmp(path) as tmp:
+            yield tmp
+            os.replace(tmp, path)
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         with self._atomic(self._path(uri)) as tmp, open(tmp, "wb") as f:
@@ -153,6 +166,21 @@ class LocalStaging(Staging):
 
     def read_bytes(self, uri: str) -> bytes:
         return self._path(uri).read_bytes()
+
+    def create_bytes(self, uri: str, data: bytes) -> bool:
+        path = self._path(uri)
+        with self._atomic_tmp(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                # link() of the complete file fails if the name exists: create-if-absent with
+                # no moment where a reader sees half a file (also on NFS, unlike O_EXCL).
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+        return True
 
     def write_parquet(self, uri: str, table: pa.Table) -> None:
         with self._atomic(self._path(uri)) as tmp:
@@ -275,6 +303,27 @@ class S3Staging(Staging):
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
         except (BotoCoreError, ClientError) as exc:
             raise self._error(exc, uri, "write") from exc
+
+    def create_bytes(self, uri: str, data: bytes) -> bool:
+        """S3 conditional write (``If-None-Match: *``): AWS S3 and SeaweedFS answer 412 when
+        the key exists. A store that ignores the header makes this last-writer-wins; callers
+        that need one winner read the object back as well."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self._key(uri)
+        if not key:
+            raise ConfigError(f"cannot write a file over the staging root {self.root}")
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                return False
+            raise self._error(exc, uri, "write") from exc
+        except BotoCoreError as exc:
+            raise self._error(exc, uri, "write") from exc
+        return True
 
     def read_bytes(self, uri: str) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError

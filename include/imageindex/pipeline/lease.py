@@ -30,27 +30,48 @@ def acquire_lease(ctx: RunContext, run_id: str) -> None:
     """
     staging, uri = ctx.staging, _lease_uri(ctx)
     now = time.time()
+    held = _read_lease(staging, uri)
+    if held and held.get("run_id") == run_id:
+        # Only the holder renews, so a plain overwrite cannot race another run.
+        lease = _lease(run_id, now, started_at=held.get("started_at"))
+        staging.write_json(uri, lease)
+        return
+    if held and held.get("expires_at", 0) > now:
+        raise _busy(ctx, uri, held)
+    if held:
+        # Expired: the run that held it is gone. Remove it, then race for a fresh one below.
+        staging.delete_prefix(uri)
+    # Create-if-absent: of two plans racing here exactly one wins (an O_EXCL link locally,
+    # If-None-Match on S3); the loser is refused naming the winner.
+    if not staging.create_json(uri, _lease(run_id, now)):
+        raise _busy(ctx, uri, _read_lease(staging, uri) or {"run_id": "another run"})
+    # A store that ignores conditional writes: the last writer wins and the other steps back.
+    if (_read_lease(staging, uri) or {}).get("run_id") != run_id:
+        raise _busy(ctx, uri, _read_lease(staging, uri) or {"run_id": "another run"})
+
+
+def _read_lease(staging, uri: str) -> dict | None:
     try:
-        held = staging.read_json(uri)
+        return staging.read_json(uri)
     except FileNotFoundError:
-        held = None
-    if held and held.get("run_id") != run_id and held.get("expires_at", 0) > now:
-        raise VersionBusyError(
-            f"run {held['run_id']} is indexing {ctx.dataset.id}/{ctx.version} (since "
-            f"{held.get('started_at')}); this run stops rather than repeat its work. Trigger "
-            "again when it has finished, or remove the lease "
-            f"{uri} if that run is gone"
-        )
-    renewing = bool(held) and held.get("run_id") == run_id
-    lease = {
+        return None
+
+
+def _lease(run_id: str, now: float, started_at: str | None = None) -> dict:
+    return {
         "run_id": run_id,
-        "started_at": held["started_at"] if renewing else datetime.now(UTC).isoformat(),
+        "started_at": started_at or datetime.now(UTC).isoformat(),
         "expires_at": now + settings().run_lease_s,
     }
-    staging.write_json(uri, lease)
-    # Two plans racing past the check: the last write wins and the other one steps back.
-    if staging.read_json(uri).get("run_id") != run_id:
-        raise VersionBusyError(f"another run claimed {ctx.dataset.id}/{ctx.version} just now")
+
+
+def _busy(ctx: RunContext, uri: str, held: dict) -> VersionBusyError:
+    return VersionBusyError(
+        f"run {held.get('run_id')} is indexing {ctx.dataset.id}/{ctx.version} (since "
+        f"{held.get('started_at')}); this run stops rather than repeat its work. Trigger "
+        "again when it has finished, or remove the lease "
+        f"{uri} if that run is gone"
+    )
 
 
 def hold_lease(
