@@ -197,7 +197,7 @@ def _get_json(url: str) -> dict:
 
 
 def bench_opensearch(rows, queries, exact, k, args) -> dict:
-    from imageindex.stores.opensearch_store import OpenSearchStore
+    from imageindex.stores.opensearch import OpenSearchStore
 
     node = None
     url = args.opensearch_url

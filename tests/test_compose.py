@@ -608,7 +608,7 @@ def test_init_connections(init_script, resolved, tmp_path):
     assert "dashscope_default" not in conns, "no DashScope connection without a key"
 
     # The store builds its client from exactly this connection.
-    from imageindex.stores.opensearch_store import client_from_connection
+    from imageindex.stores.opensearch import client_from_connection
 
     osc.conn_id = "opensearch_default"
     client = client_from_connection(osc)

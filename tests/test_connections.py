@@ -243,7 +243,7 @@ def test_secrets_filter_rewrites_records():
 
 def test_opensearch_client_from_an_env_connection_without_airflow(no_airflow, monkeypatch):
     pytest.importorskip("opensearchpy")
-    from imageindex.stores.opensearch_store import client_for_conn_id
+    from imageindex.stores.opensearch import client_for_conn_id
 
     monkeypatch.setenv(
         "AIRFLOW_CONN_OS_ENV",

@@ -2,7 +2,7 @@
 
 S3 (:mod:`imageindex.s3util`, where the Amazon provider's ``S3Hook`` is not installed), the
 hosted model services (:mod:`imageindex.hosted`) and OpenSearch
-(:mod:`imageindex.stores.opensearch_store`) name a connection id; :func:`get_credentials` (or
+(:mod:`imageindex.stores.opensearch`) name a connection id; :func:`get_credentials` (or
 :func:`find_connection`, which answers None for a connection defined nowhere) turns it into
 :class:`Credentials`.
 

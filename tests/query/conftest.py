@@ -13,7 +13,7 @@ from .test_lancedb_compiler import DIM, make_table
 
 @pytest.fixture(scope="module")
 def live_index(opensearch_url):
-    from imageindex.stores.opensearch_store import OpenSearchStore, index_body
+    from imageindex.stores.opensearch import OpenSearchStore, index_body
 
     store = OpenSearchStore(url=opensearch_url)
     client = store.client

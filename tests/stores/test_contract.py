@@ -60,7 +60,7 @@ class OpenSearchBackend:
     name = "opensearch"
 
     def __init__(self, url: str):
-        from imageindex.stores.opensearch_store import OpenSearchStore
+        from imageindex.stores.opensearch import OpenSearchStore
 
         verify = os.environ.get("OPENSEARCH_VERIFY_CERTS", "true").lower() not in ("0", "false")
         # A fresh prefix per test: tests never see each other's indexes.
@@ -69,7 +69,7 @@ class OpenSearchBackend:
         self.store = OpenSearchStore(**self.options)
 
     def make_store(self):
-        from imageindex.stores.opensearch_store import OpenSearchStore
+        from imageindex.stores.opensearch import OpenSearchStore
 
         return OpenSearchStore(**self.options)
 
@@ -647,7 +647,7 @@ def test_cursors_belong_to_their_query(fan):
 def test_rejected_document_is_reported_and_the_rest_land(backend, store):
     if backend.name != "opensearch":
         pytest.skip("per-document rejection is an OpenSearch behaviour (LanceDB takes any size)")
-    from imageindex.stores.opensearch_store import BulkWriteError
+    from imageindex.stores.opensearch import BulkWriteError
 
     # A keyword longer than Lucene's 32766-byte term limit is refused by the shard.
     docs = [{"name": f"ok{i}.jpg"} for i in range(4)]

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from imageindex.errors import ConfigError, StoreError
-from imageindex.stores.opensearch_store import (
+from imageindex.stores.opensearch import (
     OpenSearchStore,
     from_uri,
     index_body,

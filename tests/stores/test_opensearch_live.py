@@ -16,7 +16,7 @@ import pytest
 
 from imageindex.errors import ConfigError, ModelMismatchError, StoreError
 from imageindex.query import parse
-from imageindex.stores.opensearch_store import (
+from imageindex.stores.opensearch import (
     BulkWriteError,
     OpenSearchStore,
     index_body,

@@ -61,7 +61,7 @@ def open_store(uri: str | None = None, *, spec: dict | None = None) -> VectorSto
     target = uri if uri is not None else spec.get("uri")
     # The registry fills in type "lancedb" when none is given, so the URI scheme decides too.
     if spec.get("type") == "opensearch" or str(target).startswith(_OPENSEARCH_SCHEMES):
-        from imageindex.stores.opensearch_store import from_uri
+        from imageindex.stores.opensearch import from_uri
 
         return from_uri(target, spec)
     kind = spec.pop("type", "lancedb")
