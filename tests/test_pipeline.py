@@ -562,6 +562,9 @@ def test_tag_embed_uses_the_stored_model_input_and_matches_decoding(shard, monke
     stored = pq.read_table(model_inputs(shard)).to_pylist()
     assert len(ok) == 3 and {r["id"] for r in stored} == ok  # the broken file has none
     assert all(len(r["pixels"]) == 224 * 224 * 3 for r in stored)
+    # Stored plain (no compression, no dictionary): read back ~12x faster than the defaults.
+    column = pq.ParquetFile(model_inputs(shard)).metadata.row_group(0).column(1)
+    assert (column.compression, column.has_dictionary_page) == ("UNCOMPRESSED", False)
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("tag_embed decoded a thumbnail although its model input is stored")

@@ -11,6 +11,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from imageindex.layout import ShardFolder, open_dataset_staging
 from imageindex.pipeline import shards
@@ -58,7 +59,11 @@ def preprocess(
     fault_point("preprocess", ctx.dataset.id, version, run_id)  # thumbnails written, not the shard
     folder = ShardFolder.of(manifest_uri)
     # Always written (empty without pixels), so no earlier try's file outlives this one.
-    staging.write_parquet(folder.model_input, pa.table(model_inputs, schema=MODEL_INPUT_SCHEMA))
+    # Uncompressed, no dictionary: pixels do not compress, and tag_embed reads the file ~12x
+    # faster (8 ms for 500 images instead of 100, a tenth of the model's time).
+    with staging.output_file(folder.model_input) as path:
+        table = pa.table(model_inputs, schema=MODEL_INPUT_SCHEMA)
+        pq.write_table(table, path, compression="none", use_dictionary=False)
     staging.write_parquet(folder.preprocessed, pa.table(out, schema=PREPROCESSED_SCHEMA))
     n_ok = sum(out["ok"])
     return {
