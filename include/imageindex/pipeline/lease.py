@@ -46,8 +46,9 @@ def acquire_lease(ctx: RunContext, run_id: str) -> None:
     if not staging.create_json(uri, _lease(run_id, now)):
         raise _busy(ctx, uri, _read_lease(staging, uri) or {"run_id": "another run"})
     # A store that ignores conditional writes: the last writer wins and the other steps back.
-    if (_read_lease(staging, uri) or {}).get("run_id") != run_id:
-        raise _busy(ctx, uri, _read_lease(staging, uri) or {"run_id": "another run"})
+    now_held = _read_lease(staging, uri) or {"run_id": "another run"}
+    if now_held.get("run_id") != run_id:
+        raise _busy(ctx, uri, now_held)
 
 
 def _read_lease(staging, uri: str) -> dict | None:
